@@ -1,0 +1,1 @@
+"""kohya-ext callbacks (installed as kohya_ext.callbacks)."""

@@ -1,0 +1,1 @@
+"""kohya-ext patches (installed as kohya_ext.patches)."""

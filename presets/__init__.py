@@ -1,0 +1,1 @@
+"""kohya-ext presets (installed as kohya_ext.presets)."""

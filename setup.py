@@ -1,0 +1,64 @@
+"""kohya-ext: character-consistency metrics for kohya-ss/sd-scripts LoRA training.
+
+`callbacks/` and `patches/` live at the top of the repository but install as
+`kohya_ext.callbacks` and `kohya_ext.patches`, so nothing named `callbacks`
+or `patches` lands at the top of site-packages.
+"""
+
+from setuptools import setup
+
+VERSION = "0.1.0"
+
+setup(
+    name="kohya-ext",
+    version=VERSION,
+    description="Character-consistency (facial proportion) metrics, early stopping and best-checkpoint "
+    "tracking for kohya-ss/sd-scripts LoRA training",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=[
+        "kohya_ext",
+        "kohya_ext.backends",
+        "kohya_ext.callbacks",
+        "kohya_ext.patches",
+        "kohya_ext.presets",
+    ],
+    package_dir={
+        "kohya_ext": "kohya_ext",
+        "kohya_ext.callbacks": "callbacks",
+        "kohya_ext.patches": "patches",
+        "kohya_ext.presets": "presets",
+    },
+    package_data={"kohya_ext.presets": ["*.toml"]},
+    # No opencv here on purpose: sd-scripts pins opencv-python and anime-face-detector asks for
+    # opencv-python-headless; both own cv2/, so we never pull either (see README, "Installing").
+    # No anime-face-detector either: on Python < 3.12 pip would silently pick the broken 0.0.9;
+    # scripts/install.sh installs 0.1.0 with --no-deps --ignore-requires-python.
+    install_requires=[
+        "numpy>=1.23",
+        "pillow>=9.0",
+        "torch>=2.0",
+        "torchvision>=0.15",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.20",
+        "tqdm>=4.60",
+        "tomli>=1.1; python_version<'3.11'",
+        "animeface==2.0.3; platform_system=='Linux' and platform_machine=='x86_64'",
+    ],
+    extras_require={
+        "trackers": ["tensorboard>=2.10", "wandb>=0.15"],
+        "report": ["matplotlib>=3.6"],
+        "test": ["pytest>=7", "tensorboard>=2.10", "matplotlib>=3.6"],
+    },
+    entry_points={"console_scripts": ["kohya-ext=kohya_ext.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
