@@ -37,15 +37,53 @@ def resolve_backend_name(name: str, **hrnet_options: Any) -> tuple[str, str]:
     return "nvxs", f"backend auto -> nvxs, because hrnet is unavailable: {why}"
 
 
-def create_backend(name: str = "auto", *, device: str = "auto", threads: int | None = None, **hrnet_options: Any):
-    """Build a backend by name. ``auto`` logs one line saying what it chose and why."""
-    concrete, why = resolve_backend_name(name, **hrnet_options)
-    if name == "auto":
-        logger.warning(why)
-    if concrete == "nvxs":
-        from .nvxs import NvxsBackend
+class BackendSpec:
+    """A backend choice that can say what it is (``identity``) without loading any model.
 
-        return NvxsBackend(threads=threads)
-    from .hrnet import HrnetBackend
+    The identity keys caches and is stored in references and reports; ``create``
+    builds the backend only when images actually need measuring.
+    """
 
-    return HrnetBackend(device=device, **hrnet_options)
+    def __init__(self, name: str = "auto", *, device: str = "auto", threads: int | None = None, **hrnet_options: Any):
+        if name not in BACKEND_NAMES:
+            raise KohyaExtError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)}")
+        self.requested = name
+        self.device = device
+        self.threads = threads
+        self.hrnet_options = {k: v for k, v in hrnet_options.items() if v is not None}
+        self._name: str | None = None
+        self._identity: dict | None = None
+        self._backend = None
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            self._name, why = resolve_backend_name(self.requested, **self.hrnet_options)
+            if self.requested == "auto":
+                logger.warning(why)
+        return self._name
+
+    def identity(self) -> dict:
+        if self._identity is None:
+            if self.name == "nvxs":
+                self._identity = self.create().identity()
+            else:
+                from . import hrnet
+
+                if hasattr(hrnet, "hrnet_identity"):
+                    self._identity = hrnet.hrnet_identity(**self.hrnet_options)
+                else:
+                    self._identity = self.create().identity()
+        return self._identity
+
+    def create(self):
+        if self._backend is None:
+            if self.name == "nvxs":
+                from .nvxs import NvxsBackend
+
+                self._backend = NvxsBackend(threads=self.threads)
+            else:
+                from .hrnet import HrnetBackend
+
+                self._backend = HrnetBackend(device=self.device, **self.hrnet_options)
+        return self._backend

@@ -1,0 +1,159 @@
+"""`kohya-ext` command line: reference, score, demo.
+
+Errors are one line on stderr and a non-zero exit code; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .backends import BACKEND_NAMES, BackendSpec
+from .errors import KohyaExtError
+from .i18n import LANGUAGES
+
+logger = logging.getLogger("kohya_ext")
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("landmark backend")
+    g.add_argument("--backend", choices=BACKEND_NAMES, default="auto",
+                   help="hrnet (anime-face-detector, needs weights), nvxs (offline, CPU, Linux x86-64), "
+                        "or auto: hrnet when its weights are available, else nvxs (default)")
+    g.add_argument("--device", default="auto", help="hrnet device: auto, cpu, cuda, cuda:N (default auto)")
+    g.add_argument("--threads", type=int, default=None, help="nvxs worker threads (default: all cores)")
+    g.add_argument("--face-detector", choices=("yolov3", "faster-rcnn"), default=None, help="hrnet face detector (default yolov3)")
+    g.add_argument("--landmark-weights", default=None, help="HRNetV2 weights file (else $KOHYA_EXT_HRNET_WEIGHTS or the Hub cache)")
+    g.add_argument("--detector-weights", default=None, help="face detector weights file (else $KOHYA_EXT_YOLOV3_WEIGHTS / the Hub cache)")
+    g.add_argument("--no-cache", action="store_true", help="measure every image again instead of using the on-disk cache")
+    g.add_argument("--cache-dir", default=None, help="measurement cache folder (default $KOHYA_EXT_CACHE or ~/.cache/kohya_ext)")
+
+
+def _spec(args) -> BackendSpec:
+    return BackendSpec(
+        args.backend, device=args.device, threads=args.threads, face_detector=args.face_detector,
+        landmark_weights=args.landmark_weights, detector_weights=args.detector_weights,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kohya-ext",
+        description="Facial-proportion consistency of anime character samples against their training images.",
+    )
+    parser.add_argument("--version", action="version", version=f"kohya-ext {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
+    # the same flags after the subcommand (`kohya-ext score -q ...`); SUPPRESS keeps the top-level value otherwise
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or notices")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("reference", parents=[common], help="measure reference images (folder, kohya train_data_dir or dataset config) into ref.json")
+    p.add_argument("data", help="image folder, kohya train_data_dir, or kohya dataset config .toml")
+    p.add_argument("-o", "--output", default="ref.json", help="reference file to write (default ref.json)")
+    p.add_argument("--by-class", action="store_true",
+                   help="one reference per class token (several characters in one dataset): writes OUTPUT_STEM.<token>.json")
+    _add_backend_args(p)
+
+    p = sub.add_parser("score", parents=[common], help="score sample images against a reference")
+    p.add_argument("--reference", "-r", required=True, help="ref.json, image folder, kohya train_data_dir or dataset config")
+    p.add_argument("samples", nargs="+", help="sample image files or folders")
+    p.add_argument("--json", dest="json_out", default=None, help="write the full report (per-image ratios included) as JSON")
+    p.add_argument("--overlay", default=None, help="write each sample with its face box and landmarks drawn into this folder")
+    p.add_argument("--lang", choices=LANGUAGES, default="en", help="report language (default en)")
+    _add_backend_args(p)
+
+    p = sub.add_parser("demo", parents=[common], help="score the demo set: 36 TADNE portraits split into a reference and a sample half")
+    p.add_argument("--out", default="demo_out", help="folder for the demo's images, reference, report and overlays")
+    p.add_argument("--grid", default=None, help="the 6x6 portrait grid (default ../shared/data/tadne/grid.jpg, else downloaded)")
+    p.add_argument("--lang", choices=LANGUAGES, default="en")
+    _add_backend_args(p)
+    return parser
+
+
+def cmd_reference(args) -> int:
+    from .scorer import load_references
+
+    spec = _spec(args)
+    refs = load_references(args.data, spec, by_class=args.by_class, use_cache=not args.no_cache,
+                           cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet)
+    out = Path(args.output)
+    for ref in refs:
+        path = out.with_name(f"{out.stem}.{_safe(ref.name)}{out.suffix}") if args.by_class else out
+        ref.save(path)
+        c = ref.counts
+        skipped = {k: v for k, v in c.items() if k not in ("images", "faces", "usable", "multi_face_images") and v}
+        print(f"{path}: {ref.name!r}, {c['images']} images, {c['usable']} usable faces"
+              + (f", skipped {skipped}" if skipped else "") + f", backend {ref.backend_name}")
+        ref.check_usable()
+    return 0
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name).strip("_") or "class"
+
+
+def cmd_score(args) -> int:
+    from .scorer import Scorer, backend_for_reference
+
+    spec = backend_for_reference(args.reference, _spec(args))
+    scorer = Scorer(args.reference, spec, use_cache=not args.no_cache,
+                    cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet)
+    report = scorer.score_paths(args.samples)
+    print(report.format_text(args.lang))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(report.to_json(), encoding="utf-8")
+    if args.overlay:
+        _write_overlays(report, args.overlay)
+    return 0
+
+
+def _write_overlays(report, out_dir) -> None:
+    from .images import load_image
+    from .overlay import write_overlays
+
+    pairs = [(load_image(m.name), m) for m in report.samples if m.status != "unreadable"]
+    paths = write_overlays([p[0] for p in pairs], [p[1] for p in pairs], out_dir)
+    print(f"overlays: {len(paths)} images in {out_dir}")
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+COMMANDS = {"reference": cmd_reference, "score": cmd_score, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="kohya-ext: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except KohyaExtError as e:
+        if args.debug:
+            raise
+        print(f"kohya-ext: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("kohya-ext: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Images -> per-image measurements: the primary face, its landmarks, its ratios, a perceptual hash.
+
+This is where a backend's raw faces become the numbers the statistics use, and
+where every image that cannot contribute is counted with its reason instead of
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .detection import Backend, Face, ImageFaces
+from .images import load_image
+from .errors import ImageError
+from .phash import phash
+from .ratios import RATIO_NAMES, ExclusionRules, compute_ratios
+
+logger = logging.getLogger(__name__)
+
+#: Status of one image. Only "ok" images contribute ratios.
+STATUSES = ("ok", "unreadable", "no_face", "face_too_small", "face_too_turned", "degenerate_landmarks")
+_REASON_TO_STATUS = {
+    "face too small": "face_too_small",
+    "face too turned": "face_too_turned",
+    "degenerate landmarks": "degenerate_landmarks",
+}
+
+
+@dataclass
+class ImageMeasurement:
+    """What one image contributes. ``ratios`` maps ratio name -> value, or None when excluded."""
+
+    name: str
+    status: str
+    error: str | None = None
+    n_faces: int = 0
+    face_score: float | None = None
+    face_box: list[float] | None = None
+    points: list[list[float]] | None = None
+    point_scores: list[float] | None = None
+    mean_point_score: float | None = None
+    ratios: dict[str, float | None] = field(default_factory=dict)
+    phash: str | None = None
+    width: int = 0
+    height: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageMeasurement":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+def measure_faces(
+    backend_name: str,
+    names: Sequence[str],
+    images: Sequence[np.ndarray],
+    detections: Sequence[ImageFaces],
+    rules: ExclusionRules = ExclusionRules(),
+    min_face_score: float = 0.0,
+) -> list[ImageMeasurement]:
+    """Turn detections into measurements: primary face, ratios, exclusions, hashes."""
+    out: list[ImageMeasurement] = []
+    primaries: list[tuple[int, Face]] = []
+    for i, (name, img, det) in enumerate(zip(names, images, detections)):
+        h, w = img.shape[:2]
+        m = ImageMeasurement(name=name, status="no_face", n_faces=len(det.faces), phash=phash(img), width=w, height=h)
+        face = det.primary(min_face_score)
+        if face is not None:
+            primaries.append((len(out), face))
+            m.face_score = float(face.score)
+            m.face_box = [float(v) for v in face.box[:4]]
+            m.points = np.asarray(face.points, dtype=float).round(2).tolist()
+            m.point_scores = np.asarray(face.point_scores, dtype=float).round(4).tolist()
+            m.mean_point_score = float(np.mean(face.point_scores))
+        out.append(m)
+    if primaries:
+        faces = [f for _, f in primaries]
+        batch = compute_ratios(
+            backend_name,
+            np.stack([f.points for f in faces]),
+            np.stack([f.point_scores for f in faces]),
+            np.stack([f.box[:4] for f in faces]),
+            rules,
+        )
+        for row, (idx, _) in enumerate(primaries):
+            m = out[idx]
+            reason = batch.face_excluded[row]
+            m.status = "ok" if reason is None else _REASON_TO_STATUS[reason]
+            m.ratios = {
+                name: (float(batch.values[row, j]) if batch.valid[row, j] else None) for j, name in enumerate(RATIO_NAMES)
+            }
+    return out
+
+
+def measure_arrays(
+    backend: Backend,
+    images: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    rules: ExclusionRules = ExclusionRules(),
+) -> list[ImageMeasurement]:
+    """Measure in-memory RGB uint8 images (e.g. samples rendered during training)."""
+    names = list(names) if names is not None else [f"image_{i:04d}" for i in range(len(images))]
+    detections = backend.detect(list(images)) if len(images) else []
+    return measure_faces(backend.name, names, images, detections, rules)
+
+
+def measure_files(
+    paths: Sequence[Path],
+    backend_factory: Callable[[], Backend],
+    backend_name: str,
+    cache=None,
+    rules: ExclusionRules = ExclusionRules(),
+    batch_size: int = 16,
+    progress: bool = True,
+    names: Sequence[str] | None = None,
+) -> list[ImageMeasurement]:
+    """Measure image files, reading cached results first; the backend is built only on a cache miss.
+
+    Unreadable files become ``status="unreadable"`` measurements naming the reason.
+    """
+    names = list(names) if names is not None else [str(p) for p in paths]
+    results: list[ImageMeasurement | None] = [None] * len(paths)
+    keys: list[str | None] = [None] * len(paths)
+    todo: list[int] = []
+    for i, p in enumerate(paths):
+        if cache is not None:
+            keys[i] = cache.file_key(p)
+            hit = cache.get(keys[i]) if keys[i] else None
+            if hit is not None:
+                hit.name = names[i]
+                results[i] = hit
+                continue
+        todo.append(i)
+    if todo:
+        backend = backend_factory()
+        bar = tqdm(total=len(todo), desc=f"measuring faces ({backend_name})", unit="img", disable=not progress)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            ok_idx, ok_imgs = [], []
+            for i in chunk:
+                try:
+                    ok_imgs.append(load_image(paths[i]))
+                    ok_idx.append(i)
+                except ImageError as e:
+                    results[i] = ImageMeasurement(name=names[i], status="unreadable", error=str(e))
+            if ok_imgs:
+                measured = measure_arrays(backend, ok_imgs, [names[i] for i in ok_idx], rules)
+                for i, m in zip(ok_idx, measured):
+                    results[i] = m
+            for i in chunk:
+                if cache is not None and keys[i] and results[i].status != "unreadable":
+                    cache.put(keys[i], results[i])
+            bar.update(len(chunk))
+        bar.close()
+        if cache is not None:
+            cache.flush()
+    return [r for r in results if r is not None]

@@ -1,0 +1,177 @@
+"""Samples vs reference: per-ratio differences with uncertainty, detection, memorisation, one score."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import __version__
+from .i18n import translate
+from .measure import ImageMeasurement
+from .phash import hamming
+from .ratios import FORMULA_VERSION, RATIO_NAMES
+from .reference import RatioStats, ReferenceStats, ratio_statistics, spread, summarize_counts
+from .score import consistency_score, geometry_distance, score_version
+
+#: A sample whose perceptual hash is within this many bits (of 64) of a reference
+#: image counts as a near-copy of it (see docs/validity.md for how it was chosen).
+MEMORIZATION_HAMMING = 8
+
+
+@dataclass
+class RatioComparison:
+    name: str
+    reference: RatioStats
+    samples: RatioStats
+    diff_pct: float | None = None
+    z: float | None = None
+    diff_pct_se: float | None = None
+    z_se: float | None = None
+    unavailable: str | None = None
+
+
+@dataclass
+class ConsistencyReport:
+    """Everything one comparison found. ``score`` is never NaN; unavailable values say why."""
+
+    reference_name: str
+    backend: dict
+    score: float
+    score_version: str
+    geometry_distance: float | None
+    detection_rate: float
+    mean_landmark_confidence: float | None
+    memorization: float | None
+    reference_counts: dict
+    sample_counts: dict
+    ratios: dict[str, RatioComparison]
+    samples: list[ImageMeasurement] = field(default_factory=list)
+
+    # -- output ---------------------------------------------------------------
+    def to_dict(self, include_images: bool = True) -> dict:
+        d = {
+            "kohya_ext_version": __version__,
+            "reference": self.reference_name,
+            "backend": self.backend,
+            "formula_version": FORMULA_VERSION,
+            "score": self.score,
+            "score_version": self.score_version,
+            "geometry_distance": self.geometry_distance,
+            "detection_rate": self.detection_rate,
+            "mean_landmark_confidence": self.mean_landmark_confidence,
+            "memorization": self.memorization,
+            "reference_counts": self.reference_counts,
+            "sample_counts": self.sample_counts,
+            "ratios": {
+                k: {
+                    "reference": asdict(v.reference),
+                    "samples": asdict(v.samples),
+                    "diff_pct": v.diff_pct,
+                    "diff_pct_se": v.diff_pct_se,
+                    "z": v.z,
+                    "z_se": v.z_se,
+                    "unavailable": v.unavailable,
+                }
+                for k, v in self.ratios.items()
+            },
+        }
+        if include_images:
+            d["images"] = [m.to_dict() for m in self.samples]
+        return d
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(**kw), indent=1, ensure_ascii=False)
+
+    def scalars(self) -> dict[str, float]:
+        """Flat finite numbers for trackers: consistency/score, .../<ratio>_diff_pct, _z, detection_rate."""
+        out = {"consistency/score": self.score, "consistency/detection_rate": self.detection_rate}
+        for k, v in self.ratios.items():
+            if v.diff_pct is not None:
+                out[f"consistency/{k}_diff_pct"] = v.diff_pct
+            if v.z is not None:
+                out[f"consistency/{k}_z"] = v.z
+        if self.memorization is not None:
+            out["consistency/memorization"] = self.memorization
+        return out
+
+    def format_text(self, lang: str = "en") -> str:
+        t = translate(lang)
+        rc, sc = self.reference_counts, self.sample_counts
+        lines = [
+            t("reference_line", images=rc["images"], faces=rc["usable"]),
+            t("sample_line", images=sc["images"], faces=sc["usable"]),
+        ]
+        for name in RATIO_NAMES:
+            r = self.ratios[name]
+            if r.unavailable:
+                lines.append(f"{name}: {t('unavailable', reason=t(r.unavailable))}")
+                continue
+            direction = t("higher") if r.diff_pct > 0 else t("lower") if r.diff_pct < 0 else t("same")
+            lines.append(
+                f"{name}: {abs(r.diff_pct):.2f}% {t('difference')} "
+                f"({direction}; z {r.z:+.2f} ± {r.z_se:.2f} {t('ref_sd')})"
+            )
+        lines.append(t("detection_line", rate=100 * self.detection_rate))
+        if self.mean_landmark_confidence is not None:
+            lines.append(t("confidence_line", conf=self.mean_landmark_confidence))
+        if self.memorization is not None:
+            lines.append(t("memorization_line", pct=100 * self.memorization))
+        lines.append(t("score_line", score=self.score, version=self.score_version))
+        return "\n".join(lines)
+
+
+def memorization_share(samples: list[ImageMeasurement], reference_hashes: list[str], max_bits: int = MEMORIZATION_HAMMING) -> float | None:
+    """Share of readable samples that are near-copies (perceptual hash) of some reference image."""
+    hashes = [m.phash for m in samples if m.phash]
+    if not hashes or not reference_hashes:
+        return None
+    copies = sum(1 for h in hashes if min(hamming(h, r) for r in reference_hashes) <= max_bits)
+    return copies / len(hashes)
+
+
+def compare(reference: ReferenceStats, samples: list[ImageMeasurement], sample_identity: dict | None = None) -> ConsistencyReport:
+    """Compare sample measurements with a reference measured by the same backend and formulas."""
+    if sample_identity is not None:
+        reference.check_compatible(sample_identity, reference.rules)
+    backend = reference.backend_name
+    ref_stats = reference.ratios
+    smp_stats = ratio_statistics(backend, samples)
+    comps: dict[str, RatioComparison] = {}
+    for name in RATIO_NAMES:
+        r, s = ref_stats[name], smp_stats[name]
+        c = RatioComparison(name, r, s)
+        if r.unavailable or s.unavailable:
+            c.unavailable = r.unavailable or (s.unavailable and "no sample face had this ratio")
+        elif abs(r.mean) < 1e-9:
+            c.unavailable = "reference mean is zero"
+        else:
+            sd = spread(backend, name, r)
+            diff = s.mean - r.mean
+            se = math.sqrt((r.std or 0.0) ** 2 / max(r.n, 1) + (s.std or 0.0) ** 2 / max(s.n, 1))
+            c.diff_pct = 100.0 * diff / abs(r.mean)
+            c.diff_pct_se = 100.0 * se / abs(r.mean)
+            c.z = diff / sd
+            c.z_se = se / sd
+        comps[name] = c
+    counts = summarize_counts(samples)
+    readable = counts["images"] - counts.get("unreadable", 0)
+    detection_rate = counts["usable"] / readable if readable else 0.0
+    confs = [m.mean_point_score for m in samples if m.status == "ok" and m.mean_point_score is not None]
+    zs = {k: v.z for k, v in comps.items() if v.z is not None}
+    return ConsistencyReport(
+        reference_name=reference.name,
+        backend=reference.backend,
+        score=consistency_score(zs, detection_rate),
+        score_version=score_version(backend),
+        geometry_distance=geometry_distance(zs),
+        detection_rate=detection_rate,
+        mean_landmark_confidence=float(np.mean(confs)) if confs else None,
+        memorization=memorization_share(samples, reference.phashes),
+        reference_counts=reference.counts,
+        sample_counts=counts,
+        ratios=comps,
+        samples=samples,
+    )
