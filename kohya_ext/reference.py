@@ -33,18 +33,17 @@ REFERENCE_FORMAT_VERSION = 1
 #: Spread of each ratio across many different anime faces, per backend: the prior
 #: that keeps z meaningful when a reference is small or near-identical (its own std
 #: then goes to ~0). nvxs values were measured on the 36 TADNE portraits (one face
-#: each, different characters; `python -m kohya_ext.tools.population`). hrnet values
+#: each, 33 usable faces of different characters; `python bench/population.py`). hrnet values
 #: cannot be measured without the real weights: they are provisional guesses (about
 #: 8% of the mean-face value of docs/ratios.md) and say so in docs/ratios.md.
 POPULATION_STD: dict[str, dict[str, float]] = {
     "nvxs": {
-        "interocular_ratio": 0.040,
-        "eye_to_nose_ratio": 0.040,
-        "nose_to_mouth_ratio": 0.035,
-        "mouth_width_ratio": 0.030,
-        "chin_length_ratio": 0.040,
-        "eyebrow_height_ratio": 0.030,
-        "intercanthal_ratio": 0.030,
+        "interocular_ratio": 0.0417,
+        "eye_to_nose_ratio": 0.0317,
+        "nose_to_mouth_ratio": 0.0267,
+        "mouth_width_ratio": 0.0373,
+        "chin_length_ratio": 0.0292,
+        "intercanthal_ratio": 0.0312,
     },
     "hrnet": {
         "interocular_ratio": 0.045,

@@ -117,6 +117,11 @@ class _FaceFeatureBuffer(ctypes.Structure):
     _fields_ = [("feature", _FaceFeature), ("_slack", ctypes.c_char * 512)]
 
 
+#: nv_rand() keeps one process-wide state (nv_face_analyze samples pixels and seeds k-means
+#: with it): colour analysis is serialised and reseeded under this lock. Detection uses no RNG.
+_RAND_LOCK = threading.Lock()
+_STACK_SIZE_LOCK = threading.Lock()
+
 assert ctypes.sizeof(_Matrix) == 40 and ctypes.sizeof(_FacePosition) == 100 and ctypes.sizeof(_FaceFeature) == 456
 
 _MatrixP = ctypes.POINTER(_Matrix)
@@ -134,8 +139,6 @@ class _Nvxs:
     mlp_face_00: int
     mlp_bagging: ctypes.Array
     mlp_parts: int
-    #: nv_rand() keeps one global state: colour analysis is serialised and reseeded under it.
-    rand_lock: threading.Lock
 
 
 def _find_library() -> tuple[Path, str]:
@@ -198,7 +201,6 @@ def _load() -> _Nvxs:
         mlp_face_00=models["face_00"],
         mlp_bagging=bagging,
         mlp_parts=models["parts"],
-        rand_lock=threading.Lock(),
     )
 
 
@@ -259,7 +261,8 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise KohyaExtError(
-            f"nvxs takes RGB uint8 arrays of shape (H, W, 3), got {arr.dtype} {arr.shape}: load images with kohya_ext.images.load_image"
+            f"nvxs takes RGB uint8 arrays of shape (H, W, 3), got {arr.dtype} {arr.shape}: "
+            "load images with kohya_ext.images.load_image"
         )
     return arr
 
@@ -274,16 +277,26 @@ def _fill_bgr(mat: _MatrixP, rgb: np.ndarray) -> None:
     view[:, :, :3] = rgb[:, :, ::-1]
 
 
-def _inside(rect: _Rect, w: int, h: int) -> bool:
-    return rect.x >= 0 and rect.y >= 0 and rect.width > 0 and rect.height > 0 and rect.x + rect.width <= w and rect.y + rect.height <= h
+def _analysis_stays_inside(pos: _FacePosition, w: int, h: int) -> bool:
+    """Whether nv_face_analyze's pixel reads stay on the image (it does not check).
+
+    It reads both eye boxes, random pixels between the eyes down to the nose and
+    from the eyes' bottom (right eye's top plus the LEFT eye's height) to the
+    mouth's top, and hair above the eyes (clamped at row 0).
+    """
+    for e in (pos.left_eye, pos.right_eye):
+        if not (e.x >= 0 and e.y >= 0 and e.width > 0 and e.height > 0 and e.x + e.width <= w and e.y + e.height <= h):
+            return False
+    eye_bottom = max(pos.left_eye.y, pos.right_eye.y) + pos.left_eye.height
+    return eye_bottom < h and 0 <= pos.mouth.y < h and 0 <= pos.nose.y < h
 
 
 def _colors(nv: _Nvxs, pos: _FacePosition, bgr: _MatrixP, w: int, h: int) -> dict[str, tuple[int, int, int]] | None:
-    """nv_face_analyze's colours; None where it would read off the image (it does not check)."""
-    if not all(_inside(r, w, h) for r in (pos.face, pos.left_eye, pos.right_eye, pos.nose, pos.mouth, pos.chin)):
+    """nv_face_analyze's colours (left/right swapped to image-left/right), or None where they can't be had."""
+    if not _analysis_stays_inside(pos, w, h):
         return None
     buf = _FaceFeatureBuffer()
-    with nv.rand_lock:
+    with _RAND_LOCK:
         nv.lib.nv_srand(COLOR_SEED)
         nv.lib.nv_face_analyze(ctypes.byref(buf), ctypes.byref(pos), bgr)
     feat = buf.feature
@@ -304,17 +317,18 @@ def _colors(nv: _Nvxs, pos: _FacePosition, bgr: _MatrixP, w: int, h: int) -> dic
 
 
 def _to_face(pos: _FacePosition, colors: dict | None) -> NvxsFace:
-    f, le, re_, mo = pos.face, pos.right_eye, pos.left_eye, pos.mouth  # le/re_: image-left / image-right eye
+    f, mo = pos.face, pos.mouth
+    box_l, box_r = pos.right_eye, pos.left_eye  # nvxs's right_eye is the image-left eye
     d = float(f.width)
-    eye_l = (le.x + le.width / 2, le.y + le.height / 2)
-    eye_r = (re_.x + re_.width / 2, re_.y + re_.height / 2)
+    eye_l = (box_l.x + box_l.width / 2, box_l.y + box_l.height / 2)
+    eye_r = (box_r.x + box_r.width / 2, box_r.y + box_r.height / 2)
     mouth_y = mo.y + mo.height / 2
     points = np.array(
         [
             eye_l,
             eye_r,
-            (le.x + le.width, eye_l[1]),  # inner edge of the image-left eye is its right side
-            (re_.x, eye_r[1]),
+            (box_l.x + box_l.width, eye_l[1]),  # inner edge of the image-left eye is its right side
+            (box_r.x, eye_r[1]),
             # nvxs stores nose and chin as round(point - d/32) with side round(d/16): undo exactly
             (pos.nose.x + d / 32, pos.nose.y + d / 32),
             (mo.x, mouth_y),
@@ -393,14 +407,15 @@ def _run_threads(fn: Callable[[int], ImageFaces], count: int, threads: int) -> l
                 t.start()
         finally:
             threading.stack_size(old)
-    for t in workers:
-        t.join()
+    try:
+        for t in workers:
+            t.join()
+    except BaseException as e:  # Ctrl-C: let the workers stop after their current image
+        errors.append(e)
+        raise
     if errors:
         raise errors[0]
     return results  # type: ignore[return-value]
-
-
-_STACK_SIZE_LOCK = threading.Lock()
 
 
 class NvxsBackend:
@@ -442,4 +457,5 @@ class NvxsBackend:
         images = list(images)
         if not images:
             return []
-        return _run_threads(lambda i: _detect_one(self._nv, images[i], self.colors), len(images), min(self.threads, len(images)))
+        threads = min(self.threads, len(images))
+        return _run_threads(lambda i: _detect_one(self._nv, images[i], self.colors), len(images), threads)
