@@ -99,20 +99,28 @@ def _height(p: torch.Tensor, mid: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return ((p - mid) * y).sum(-1)
 
 
-def hrnet_ratios(points: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Ratios from (N, 28, 2) HRNetV2 points. Returns (N, 7) values and frame diagnostics."""
-    p = points.to(torch.float64)
-    eye_left = p[:, list(HRNET_EYE_LEFT)].mean(1)
-    eye_right = p[:, list(HRNET_EYE_RIGHT)].mean(1)
+def _seven_ratios(
+    eye_left: torch.Tensor,
+    eye_right: torch.Tensor,
+    width: torch.Tensor,
+    nose: torch.Tensor,
+    mouth: torch.Tensor,
+    mouth_left: torch.Tensor,
+    mouth_right: torch.Tensor,
+    chin: torch.Tensor,
+    canthus_left: torch.Tensor,
+    canthus_right: torch.Tensor,
+    brow_gap: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The shared formulas, once the backend has named its anchor points (all (N, 2), float64).
+
+    ``brow_gap`` is an (N,) height (upper-lid apex minus brow, in px), or None when the
+    backend has no brows (the column is then 0 and marked invalid by the caller).
+    """
     mid, x, y, eye_dist = _frame(eye_left, eye_right)
-    width = (p[:, 4] - p[:, 0]).norm(dim=-1)
-    height = _height(p[:, 2], mid, y)
-    mouth = (p[:, 25] + p[:, 27]) / 2
-    v_nose = _height(p[:, 23], mid, y)
+    height = _height(chin, mid, y)
+    v_nose = _height(nose, mid, y)
     v_mouth = _height(mouth, mid, y)
-    brow_left = p[:, list(HRNET_BROW_LEFT)].mean(1)
-    brow_right = p[:, list(HRNET_BROW_RIGHT)].mean(1)
-    brow_gap = ((_height(p[:, 12], mid, y) - _height(brow_left, mid, y)) + (_height(p[:, 18], mid, y) - _height(brow_right, mid, y))) / 2
     w = width.clamp_min(1e-9)
     h = height.clamp_min(1e-9)
     values = torch.stack(
@@ -120,16 +128,35 @@ def hrnet_ratios(points: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Te
             eye_dist / w,
             v_nose / h,
             (v_mouth - v_nose) / h,
-            (p[:, 26] - p[:, 24]).norm(dim=-1) / w,
+            (mouth_right - mouth_left).norm(dim=-1) / w,
             (height - v_mouth) / h,
-            brow_gap / h,
-            (p[:, 17] - p[:, 13]).norm(dim=-1) / w,
+            brow_gap / h if brow_gap is not None else torch.zeros_like(width),
+            (canthus_right - canthus_left).norm(dim=-1) / w,
         ],
         dim=1,
     )
-    asym = ((p[:, 0] - mid).norm(dim=-1) - (p[:, 4] - mid).norm(dim=-1)) / w
-    yaw = ((p[:, 23] - mid) * x).sum(-1) / eye_dist.clamp_min(1e-9)
-    return values, {"width": width, "height": height, "yaw": yaw, "asymmetry": asym}
+    yaw = ((nose - mid) * x).sum(-1) / eye_dist.clamp_min(1e-9)
+    return values, {"width": width, "height": height, "yaw": yaw, "mid": mid, "y": y}
+
+
+def hrnet_ratios(points: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Ratios from (N, 28, 2) HRNetV2 points. Returns (N, 7) values and frame diagnostics."""
+    p = points.to(torch.float64)
+    eye_left = p[:, list(HRNET_EYE_LEFT)].mean(1)
+    eye_right = p[:, list(HRNET_EYE_RIGHT)].mean(1)
+    mid, _, y, _ = _frame(eye_left, eye_right)
+    brow_left = p[:, list(HRNET_BROW_LEFT)].mean(1)
+    brow_right = p[:, list(HRNET_BROW_RIGHT)].mean(1)
+    brow_gap = (
+        (_height(p[:, 12], mid, y) - _height(brow_left, mid, y)) + (_height(p[:, 18], mid, y) - _height(brow_right, mid, y))
+    ) / 2
+    width = (p[:, 4] - p[:, 0]).norm(dim=-1)
+    values, diag = _seven_ratios(
+        eye_left, eye_right, width, nose=p[:, 23], mouth=(p[:, 25] + p[:, 27]) / 2, mouth_left=p[:, 24],
+        mouth_right=p[:, 26], chin=p[:, 2], canthus_left=p[:, 13], canthus_right=p[:, 17], brow_gap=brow_gap,
+    )
+    diag["asymmetry"] = ((p[:, 0] - mid).norm(dim=-1) - (p[:, 4] - mid).norm(dim=-1)) / width.clamp_min(1e-9)
+    return values, diag
 
 
 def nvxs_ratios(points: torch.Tensor, face_width: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -139,27 +166,13 @@ def nvxs_ratios(points: torch.Tensor, face_width: torch.Tensor) -> tuple[torch.T
     brows, so eyebrow_height is 0 here and always marked invalid.
     """
     p = points.to(torch.float64)
-    mid, x, y, eye_dist = _frame(p[:, 0], p[:, 1])
     width = face_width.to(torch.float64)
-    height = _height(p[:, 8], mid, y)
-    v_nose = _height(p[:, 4], mid, y)
-    v_mouth = _height(p[:, 7], mid, y)
-    w = width.clamp_min(1e-9)
-    h = height.clamp_min(1e-9)
-    values = torch.stack(
-        [
-            eye_dist / w,
-            v_nose / h,
-            (v_mouth - v_nose) / h,
-            (p[:, 6] - p[:, 5]).norm(dim=-1) / w,
-            (height - v_mouth) / h,
-            torch.zeros_like(width),
-            (p[:, 3] - p[:, 2]).norm(dim=-1) / w,
-        ],
-        dim=1,
+    values, diag = _seven_ratios(
+        p[:, 0], p[:, 1], width, nose=p[:, 4], mouth=p[:, 7], mouth_left=p[:, 5], mouth_right=p[:, 6],
+        chin=p[:, 8], canthus_left=p[:, 2], canthus_right=p[:, 3], brow_gap=None,
     )
-    yaw = ((p[:, 4] - mid) * x).sum(-1) / eye_dist.clamp_min(1e-9)
-    return values, {"width": width, "height": height, "yaw": yaw, "asymmetry": torch.zeros_like(width)}
+    diag["asymmetry"] = torch.zeros_like(width)
+    return values, diag
 
 
 def compute_ratios(
