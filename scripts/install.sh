@@ -28,6 +28,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   exit 1
 fi
 "$PY" -m pip install --no-deps --ignore-requires-python "anime-face-detector==0.1.0"
+# A stale setuptools build/ folder from an earlier non-editable install could leak old files into this one.
+[ -z "$editable" ] && rm -rf "$here/build"
 # Install kohya-ext without letting pip upgrade anything already present that satisfies our ranges.
 "$PY" -m pip install --upgrade-strategy only-if-needed $editable "$here$extras"
 if ! "$PY" -c "import cv2" 2>/dev/null; then

@@ -137,7 +137,8 @@ def _write_tokenizer_files(tok_dir: Path, bpe_gz: bytes | None) -> str:
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     tok_dir.mkdir(parents=True, exist_ok=True)
     (tok_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + ("\n" if merges else ""), encoding="utf-8")
+    merges_txt = "#version: 0.2\n" + "".join(m + "\n" for m in merges)
+    (tok_dir / "merges.txt").write_text(merges_txt, encoding="utf-8")
     return "clip-bpe" if merges else "byte-level"
 
 
@@ -167,7 +168,8 @@ def _dataset_images(n: int, size: int) -> list:
     if GRID.exists():
         grid = Image.open(GRID).convert("RGB")
         cols = grid.width // TILE
-        tiles = [grid.crop(((i % cols) * TILE, (i // cols) * TILE, (i % cols + 1) * TILE, (i // cols + 1) * TILE)) for i in range(n)]
+        boxes = [((i % cols) * TILE, (i // cols) * TILE) for i in range(n)]
+        tiles = [grid.crop((x, y, x + TILE, y + TILE)) for x, y in boxes]
     else:
         rng = np.random.default_rng(0)
         tiles = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(n)]
@@ -186,7 +188,7 @@ def build_tiny_sd15(
 
     `bpe_path`: CLIP's bpe_simple_vocab_16e6.txt.gz or an open_clip_torch wheel holding it;
     by default taken from an installed open_clip, else a byte-level vocab is used.
-    Takes ~30 s and ~3.3 GB of disk (the U-Net, see the module docstring).
+    Takes 25-50 s on 2 cores, ~3.3 GB of disk and ~7.4 GB of RAM at peak (the U-Net, see the module docstring).
     """
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -212,6 +214,11 @@ def build_tiny_sd15(
             pad_token_id=tokenizer.pad_token_id,
         )
     )
+    # sd-scripts' sampler (lpw pipeline) rescales prompt embeddings by mean_before / mean_after.
+    # A fresh LayerNorm (bias 0) gives every token a zero mean, so that is 0/0 and the sample
+    # images come out NaN (black). A non-zero bias, as in trained CLIP, keeps the mean away from 0.
+    with torch.no_grad():
+        text_encoder.text_model.final_layer_norm.bias.normal_(0.1, 0.1)
     # SD1.x layout (diffusers defaults: 3 cross-attention down blocks + 1 plain, 2 layers each),
     # which sd-scripts' original_unet requires; only the text width and head count are small.
     unet = UNet2DConditionModel(
@@ -231,7 +238,12 @@ def build_tiny_sd15(
         sample_size=resolution,
     )
     scheduler = PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, skip_prk_steps=True
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -277,7 +289,7 @@ def load_tiny_sd(out_dir: str | os.PathLike) -> TinySD:
     """The TinySD written earlier by build_tiny_sd15 into `out_dir` (reads tiny_sd.json)."""
     path = Path(out_dir) / "tiny_sd.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: build it first with `python tests/sd_tiny_model.py {out_dir}`")
+        raise FileNotFoundError(f"{path} not found: build it first with `<sd-scripts venv>/bin/python tests/sd_tiny_model.py {out_dir}`")
     return TinySD(**json.loads(path.read_text(encoding="utf-8")))
 
 
