@@ -15,7 +15,8 @@ from pathlib import Path
 
 from . import __version__
 from .io_utils import atomic_write_text
-from .measure import ImageMeasurement
+from .color import COLOR_VERSION
+from .measure import MEASUREMENT_VERSION, ImageMeasurement
 from .ratios import FORMULA_VERSION
 
 
@@ -40,7 +41,10 @@ class MeasurementCache:
 
     def __init__(self, identity: dict, rules: dict, cache_dir: Path | None = None):
         ns = json.dumps(
-            {"identity": identity, "rules": rules, "formula": FORMULA_VERSION, "code": __version__}, sort_keys=True
+            {
+                "identity": identity, "rules": rules, "formula": FORMULA_VERSION, "color": COLOR_VERSION,
+                "measurement": MEASUREMENT_VERSION, "code": __version__,
+            }, sort_keys=True
         )
         self.namespace = hashlib.sha256(ns.encode()).hexdigest()[:16]
         self.path = Path(cache_dir or default_cache_dir()) / f"measurements-{self.namespace}.json"

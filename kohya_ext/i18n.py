@@ -22,6 +22,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "confidence_line": "mean landmark confidence: {conf:.3f}",
         "memorization_line": "near-copies of training images: {pct:.1f}% of samples",
         "score_line": "consistency score: {score:.3f} ({version})",
+        "color_line": "colour distance (reference spreads): hair {hair}, eyes {eyes}",
     },
     "ko": {
         "reference_line": "기준 비율 계산 완료 (이미지 {images}장, 얼굴 {faces}개)",
@@ -36,6 +37,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "confidence_line": "랜드마크 평균 신뢰도: {conf:.3f}",
         "memorization_line": "학습 이미지와 거의 같은 샘플: {pct:.1f}%",
         "score_line": "일관성 점수: {score:.3f} ({version})",
+        "color_line": "색상 거리 (기준 표준편차 단위): 머리카락 {hair}, 눈 {eyes}",
         # reasons
         "nvxs finds no eyebrows": "nvxs는 눈썹을 찾지 못함",
         "no usable face had this ratio": "이 비율을 잴 수 있는 얼굴이 없음",

@@ -18,10 +18,14 @@ from tqdm.auto import tqdm
 from .detection import Backend, Face, ImageFaces
 from .images import load_image
 from .errors import ImageError
-from .phash import phash
+from .color import measure_colors
+from .phash import phash, phash_mirror
 from .ratios import RATIO_NAMES, ExclusionRules, compute_ratios
 
 logger = logging.getLogger(__name__)
+
+#: Bump when what a measurement holds changes (keys the on-disk cache).
+MEASUREMENT_VERSION = 2
 
 #: Status of one image. Only "ok" images contribute ratios.
 STATUSES = ("ok", "unreadable", "no_face", "face_too_small", "face_too_turned", "degenerate_landmarks")
@@ -47,6 +51,8 @@ class ImageMeasurement:
     mean_point_score: float | None = None
     ratios: dict[str, float | None] = field(default_factory=dict)
     phash: str | None = None
+    phash_mirror: str | None = None
+    colors: dict[str, list[float]] | None = None
     width: int = 0
     height: int = 0
 
@@ -72,7 +78,9 @@ def measure_faces(
     primaries: list[tuple[int, Face]] = []
     for i, (name, img, det) in enumerate(zip(names, images, detections)):
         h, w = img.shape[:2]
-        m = ImageMeasurement(name=name, status="no_face", n_faces=len(det.faces), phash=phash(img), width=w, height=h)
+        m = ImageMeasurement(
+            name=name, status="no_face", n_faces=len(det.faces), phash=phash(img), phash_mirror=phash_mirror(img), width=w, height=h
+        )
         face = det.primary(min_face_score)
         if face is not None:
             primaries.append((len(out), face))
@@ -81,6 +89,7 @@ def measure_faces(
             m.points = np.asarray(face.points, dtype=float).round(2).tolist()
             m.point_scores = np.asarray(face.point_scores, dtype=float).round(4).tolist()
             m.mean_point_score = float(np.mean(face.point_scores))
+            m.colors = measure_colors(backend_name, img, np.asarray(face.points))
         out.append(m)
     if primaries:
         faces = [f for _, f in primaries]

@@ -32,3 +32,14 @@ def phash(image: np.ndarray) -> str:
 def hamming(a: str, b: str) -> int:
     """Number of differing bits between two hex hashes."""
     return bin(int(a, 16) ^ int(b, 16)).count("1")
+
+
+def phash_mirror(image: np.ndarray) -> str:
+    """pHash of the left-right mirrored image.
+
+    Training with flip augmentation memorises mirrored copies too, and a mirror
+    flips the sign of half the DCT coefficients (~half the bits), so the
+    memorisation gate compares samples with both hashes of each training image.
+    """
+    return phash(np.ascontiguousarray(np.asarray(image)[:, ::-1]))
+

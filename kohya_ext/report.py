@@ -14,11 +14,14 @@ from .measure import ImageMeasurement
 from .phash import hamming
 from .ratios import FORMULA_VERSION, RATIO_NAMES
 from .reference import RatioStats, ReferenceStats, ratio_statistics, spread, summarize_counts
+from .color import color_distances
 from .score import consistency_score, geometry_distance, score_version
 
 #: A sample whose perceptual hash is within this many bits (of 64) of a reference
-#: image counts as a near-copy of it (see docs/validity.md for how it was chosen).
-MEMORIZATION_HAMMING = 8
+#: image (or of its mirror image) counts as a near-copy of it. Chosen on half of the
+#: shared portraits by bench/validity.py (docs/validity.md): copies after JPEG, rescale
+#: or a small roll sit at <= 12 bits in 96-99 % of cases, other characters at >= 14.
+MEMORIZATION_HAMMING = 12
 
 
 @dataclass
@@ -49,6 +52,9 @@ class ConsistencyReport:
     sample_counts: dict
     ratios: dict[str, RatioComparison]
     samples: list[ImageMeasurement] = field(default_factory=list)
+    #: per colour part (hair, eyes): sample-vs-reference colour distance in reference spreads;
+    #: None when either side has no colours (the score is then geometry-only, see score_version)
+    color_distance: dict[str, float | None] | None = None
 
     # -- output ---------------------------------------------------------------
     def to_dict(self, include_images: bool = True) -> dict:
@@ -63,6 +69,7 @@ class ConsistencyReport:
             "detection_rate": self.detection_rate,
             "mean_landmark_confidence": self.mean_landmark_confidence,
             "memorization": self.memorization,
+            "color_distance": self.color_distance,
             "reference_counts": self.reference_counts,
             "sample_counts": self.sample_counts,
             "ratios": {
@@ -95,6 +102,9 @@ class ConsistencyReport:
                 out[f"consistency/{k}_z"] = v.z
         if self.memorization is not None:
             out["consistency/memorization"] = self.memorization
+        for part, z in (self.color_distance or {}).items():
+            if z is not None:
+                out[f"consistency/color_{part}_z"] = z
         return out
 
     def format_text(self, lang: str = "en") -> str:
@@ -119,12 +129,26 @@ class ConsistencyReport:
             lines.append(t("confidence_line", conf=self.mean_landmark_confidence))
         if self.memorization is not None:
             lines.append(t("memorization_line", pct=100 * self.memorization))
+        if self.color_distance and t("color_line") != "color_line":  # wording lives in kohya_ext.i18n
+            parts = {p: ("-" if z is None else f"{z:.2f}") for p, z in self.color_distance.items()}
+            lines.append(t("color_line", **parts))
         lines.append(t("score_line", score=self.score, version=self.score_version))
         return "\n".join(lines)
 
 
+def reference_hashes(reference: ReferenceStats) -> list[str]:
+    """The reference images' pHashes, plus their mirror images' when the measurements keep them (``phash_mirror``)."""
+    mirrored = [h for m in reference.measurements if (h := getattr(m, "phash_mirror", None))]
+    return reference.phashes + mirrored
+
+
 def memorization_share(samples: list[ImageMeasurement], reference_hashes: list[str], max_bits: int = MEMORIZATION_HAMMING) -> float | None:
-    """Share of readable samples that are near-copies (perceptual hash) of some reference image."""
+    """Share of readable samples that are near-copies (perceptual hash) of some reference image.
+
+    A gate beside the score, not part of it: geometry consistency alone rewards copying
+    the training images. Measured in docs/validity.md; its false-alarm rate on genuine
+    new drawings of the same character is unmeasured (no such data here).
+    """
     hashes = [m.phash for m in samples if m.phash]
     if not hashes or not reference_hashes:
         return None
@@ -161,17 +185,29 @@ def compare(reference: ReferenceStats, samples: list[ImageMeasurement], sample_i
     detection_rate = counts["usable"] / readable if readable else 0.0
     confs = [m.mean_point_score for m in samples if m.status == "ok" and m.mean_point_score is not None]
     zs = {k: v.z for k, v in comps.items() if v.z is not None}
+    color_z = _color_distance(reference.measurements, samples)
+    with_color = color_z is not None and any(z is not None for z in color_z.values())
     return ConsistencyReport(
         reference_name=reference.name,
         backend=reference.backend,
-        score=consistency_score(zs, detection_rate),
-        score_version=score_version(backend),
-        geometry_distance=geometry_distance(zs),
+        score=consistency_score(zs, detection_rate, backend, color_z if with_color else None),
+        score_version=score_version(backend, with_color),
+        geometry_distance=geometry_distance(zs, backend),
         detection_rate=detection_rate,
         mean_landmark_confidence=float(np.mean(confs)) if confs else None,
-        memorization=memorization_share(samples, reference.phashes),
+        memorization=memorization_share(samples, reference_hashes(reference)),
         reference_counts=reference.counts,
         sample_counts=counts,
         ratios=comps,
         samples=samples,
+        color_distance=color_z,
     )
+
+
+def _color_distance(reference: list[ImageMeasurement], samples: list[ImageMeasurement]) -> dict[str, float | None] | None:
+    """Colour distances of the usable faces, or None when either side kept no colours (``colors``)."""
+    ref = [c for m in reference if m.status == "ok" and (c := getattr(m, "colors", None))]
+    smp = [c for m in samples if m.status == "ok" and (c := getattr(m, "colors", None))]
+    if not ref or not smp:
+        return None
+    return color_distances(ref, smp)

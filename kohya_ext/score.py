@@ -7,6 +7,12 @@ Contract (fixed; what goes inside is tuned by bench/validity.py, docs/validity.m
 - it falls when faces stop being detected (multiplied by the detection rate);
 - it is stored with its backend and formula version (`score_version`); scores of
   different backends or versions are never compared.
+
+Formula (v2): score = detection_rate * exp(-d^2 / 2), where d is the weighted
+mean of capped |z| over the measured ratios and, when both sides have colours,
+the hair and iris colour distances (kohya_ext.color.color_distances, also in
+spread units). Memorisation is NOT in the score: it is a separate gate
+(kohya_ext.report.memorization_share) reported beside it.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ import math
 import numpy as np
 
 #: Bump when the formula below changes.
-SCORE_VERSION = 1
+SCORE_VERSION = 2
 #: Per-face |z| are capped here so one wild ratio cannot dominate.
 Z_CAP = 3.0
-#: Weights per ratio. mouth_width is ill-conditioned (one pixel ~ 3%), so it counts half.
+#: Default ratio weights (hrnet: NOT validated, the real weights are unavailable here;
+#: mouth_width is ill-conditioned for hrnet, one pixel ~ 3 %, so it counts half).
 RATIO_WEIGHTS: dict[str, float] = {
     "interocular_ratio": 1.0,
     "eye_to_nose_ratio": 1.0,
@@ -29,15 +36,40 @@ RATIO_WEIGHTS: dict[str, float] = {
     "eyebrow_height_ratio": 1.0,
     "intercanthal_ratio": 1.0,
 }
+#: Per-backend weights, measured by bench/validity.py (tune half): across-character std over
+#: within-character std under benign variations, scaled to max 1. nvxs normalises horizontal
+#: lengths by its face-box side, which it picks on a 9.5 % scale grid, so the box-normalised
+#: interocular and intercanthal ratios carry more noise than identity and weigh least.
+BACKEND_RATIO_WEIGHTS: dict[str, dict[str, float]] = {
+    "nvxs": {
+        "interocular_ratio": 0.42,
+        "eye_to_nose_ratio": 0.70,
+        "nose_to_mouth_ratio": 1.0,
+        "mouth_width_ratio": 0.90,
+        "chin_length_ratio": 0.66,
+        "intercanthal_ratio": 0.53,
+    },
+}
+#: Weight of each colour part (hair, eyes) beside the ratio weights (docs/validity.md).
+COLOR_WEIGHT = 1.0
 
 
-def score_version(backend: str) -> str:
-    return f"{backend}-v{SCORE_VERSION}"
+def score_version(backend: str, with_color: bool = True) -> str:
+    """Version tag stored with every score; geometry-only scores (no colours on one side) are tagged apart."""
+    return f"{backend}-v{SCORE_VERSION}" + ("" if with_color else "-geometry")
 
 
-def geometry_distance(z_by_ratio: dict[str, float]) -> float | None:
-    """Weighted mean of capped |z| over the ratios that could be measured; None when none could."""
-    items = [(RATIO_WEIGHTS.get(k, 1.0), min(abs(z), Z_CAP)) for k, z in z_by_ratio.items() if z is not None and math.isfinite(z)]
+def ratio_weights(backend: str | None) -> dict[str, float]:
+    return BACKEND_RATIO_WEIGHTS.get(backend or "", RATIO_WEIGHTS)
+
+
+def geometry_distance(z_by_ratio: dict[str, float], backend: str | None = None, color_z: dict[str, float | None] | None = None) -> float | None:
+    """Weighted mean of capped |z| over the ratios that could be measured (and colour parts, if given); None when none."""
+    weights = ratio_weights(backend)
+    items = [(weights.get(k, 1.0), min(abs(z), Z_CAP)) for k, z in z_by_ratio.items() if z is not None and math.isfinite(z)]
+    if color_z:
+        items += [(COLOR_WEIGHT, min(abs(z), Z_CAP)) for z in color_z.values() if z is not None and math.isfinite(z)]
+    items = [(w, z) for w, z in items if w > 0]
     if not items:
         return None
     w = np.array([a for a, _ in items])
@@ -45,9 +77,14 @@ def geometry_distance(z_by_ratio: dict[str, float]) -> float | None:
     return float((w * z).sum() / w.sum())
 
 
-def consistency_score(z_by_ratio: dict[str, float], detection_rate: float) -> float:
-    """Score in [0, 1]: detection rate x exp(-d^2 / 2), d = geometry distance in spread units."""
-    d = geometry_distance(z_by_ratio)
+def consistency_score(
+    z_by_ratio: dict[str, float],
+    detection_rate: float,
+    backend: str | None = None,
+    color_z: dict[str, float | None] | None = None,
+) -> float:
+    """Score in [0, 1]: detection rate x exp(-d^2 / 2), d = distance in spread units (geometry, plus colour if given)."""
+    d = geometry_distance(z_by_ratio, backend, color_z)
     if d is None:
         return 0.0
     s = float(detection_rate) * math.exp(-0.5 * d * d)
