@@ -21,6 +21,7 @@ setup(
     packages=[
         "kohya_ext",
         "kohya_ext.backends",
+        "kohya_ext.training",
         "kohya_ext.callbacks",
         "kohya_ext.patches",
         "kohya_ext.presets",
@@ -50,7 +51,8 @@ setup(
     extras_require={
         "trackers": ["tensorboard>=2.10", "wandb>=0.15"],
         "report": ["matplotlib>=3.6"],
-        "test": ["pytest>=7", "tensorboard>=2.10", "matplotlib>=3.6"],
+        # accelerate: the stand-in of sd-scripts' loop uses it as sd-scripts does (sd-scripts pins 1.6.0)
+        "test": ["pytest>=7", "tensorboard>=2.10", "matplotlib>=3.6", "wandb>=0.15", "accelerate>=0.33"],
     },
     entry_points={"console_scripts": ["kohya-ext=kohya_ext.cli:main"]},
     classifiers=[

@@ -1,0 +1,400 @@
+"""Consistency evaluation inside the training loop: render, score (isolated), log, rank, stop.
+
+Order at one evaluation, on every rank: render the evaluation prompts through the
+family's own sampler (prompts split across ranks, images land in a shadow folder),
+barrier; then on the main process: collect the images, score them in the worker
+process (deadline), write the leaderboard, log to the trackers, keep the best copy;
+then the stop decision is broadcast so that every rank acts on the same step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kohya_ext.errors import KohyaExtError
+from kohya_ext.io_utils import atomic_write_text
+from kohya_ext.ratios import FORMULA_VERSION
+from kohya_ext.training import best as bestcopy
+from kohya_ext.training import trackers
+from kohya_ext.training.early_stop import EarlyStopState, StopConfig, decide
+from kohya_ext.training.leaderboard import Leaderboard
+from kohya_ext.training.options import ConsistencyOptions
+from kohya_ext.training.prompts import (derive_prompts, fix_prompts, load_prompt_file, parse_resolution,
+                                        write_prompt_file)
+from kohya_ext.training.worker import ScoringWorker
+
+from .base import Callback
+
+logger = logging.getLogger("kohya_ext")
+
+FOLDER = "consistency"
+RUN_RECORD = "run.json"
+STATE_FILE = "state.json"
+_SAMPLE_NUM = re.compile(r"_(\d{2,})_\d{14}(?:_\d+)?\.png$")  # kohya: {num}_{i:02d}_{YYYYmmddHHMMSS}[_{seed}].png
+
+
+class EarlyStopped(Exception):
+    """Raised on every rank at the same point to leave ``train()`` after an early stop."""
+
+    def __init__(self, global_step: int, message: str):
+        super().__init__(message)
+        self.global_step = global_step
+        self.message = message
+
+
+def _say(msg: str) -> None:
+    # sd-scripts configures rich logging on the root logger; print keeps our lines visible either way.
+    logger.info(msg)
+    print(f"kohya-ext: {msg}", flush=True)
+
+
+class ConsistencyCallback(Callback):
+    def __init__(self, opts: ConsistencyOptions, surface: Any):
+        self.opts = opts
+        self.surface = surface
+        self.stop_cfg = StopConfig(opts.patience, opts.min_delta, opts.warmup, opts.target)
+        self.es = EarlyStopState()
+        self.is_main = True
+        self.folder = Path(".")
+        self.prompt_file = Path(".")
+        self.worker: ScoringWorker | None = None
+        self.board: Leaderboard | None = None
+        self.network: Any = None
+        self.epoch = 0
+        self.step_offset = 0
+        self.current_step = 0
+        self.evaluated_steps: set[int] = set()
+        self.last_save: dict | None = None
+        self.pending_best: dict | None = None
+        self.stop_message: str | None = None
+        self._trackers_ready = False
+        self._own_save = False
+        self.args: Any = None
+        self.run_record: dict | None = None
+        self.accelerator: Any = None
+
+    # -- setup -------------------------------------------------------------------------------
+    def reference_source(self, args: Any) -> str:
+        if self.opts.reference:
+            return self.opts.reference
+        src = getattr(args, "dataset_config", None) or getattr(args, "train_data_dir", None)
+        if not src:
+            raise KohyaExtError("--consistency needs a reference: give --consistency_reference, --train_data_dir or --dataset_config")
+        return str(src)
+
+    def _prompts(self, args: Any) -> list[dict]:
+        if self.opts.prompts:
+            prompts = load_prompt_file(self.opts.prompts)
+        else:
+            from kohya_ext.datasets import resolve_image_groups
+
+            ref = self.reference_source(args)
+            if ref.endswith(".json"):
+                raise KohyaExtError("with a ref.json reference, give --consistency_prompts FILE (there are no captions to derive prompts from)")
+            prompts = derive_prompts(resolve_image_groups(ref), self.opts.num_prompts, getattr(args, "caption_extension", None))
+        size = parse_resolution(getattr(args, "resolution", None))
+        if self.opts.size:
+            size = (self.opts.size, self.opts.size)
+        return fix_prompts(prompts, self.opts.seed, size)
+
+    def on_fit_start(self, args: Any, is_main: bool) -> None:
+        """Prompts on every rank; the scoring worker and its reference check on the main one."""
+        self.is_main = is_main
+        self.args = args
+        if not getattr(args, "output_dir", None):
+            raise KohyaExtError("--consistency needs --output_dir (evaluations are kept under output_dir/consistency)")
+        self.folder = Path(args.output_dir) / FOLDER
+        self.folder.mkdir(parents=True, exist_ok=True)
+        prompts = self._prompts(args)
+        self.prompt_file = write_prompt_file(prompts, self.folder / "prompts.json")
+        self.n_prompts = len(prompts)
+        if not is_main:
+            return
+        self.board = Leaderboard(self.folder)  # a fresh run starts a fresh history (resume: see load_state)
+        self.board.meta = {"output_name": getattr(args, "output_name", None), "options": self.opts.as_config()}
+        cfg = {"reference": self.reference_source(args), "backend": self.opts.backend, "device": self.opts.device,
+               "scorer": self.opts.scorer, "threads": max(1, (os.cpu_count() or 2) // 4)}
+        self.worker = ScoringWorker(cfg, self.deadline(args))
+        self.worker.start()
+        t0 = time.monotonic()
+        info = self.worker.wait_ready(max(1800.0, self.opts.timeout))
+        counts = info.get("counts") or {}
+        _say(f"consistency reference ready in {time.monotonic() - t0:.1f} s "
+             f"({counts.get('usable', '?')} usable faces of {counts.get('images', '?')} images; {self.n_prompts} prompts; "
+             f"scoring deadline {self.deadline(args):g} s)")
+
+    def deadline(self, args: Any) -> float:
+        """The scoring deadline, kept under half of the collective timeout other ranks wait on."""
+        minutes = getattr(args, "ddp_timeout", None)
+        collective = float(minutes) * 60 if minutes else 1800.0
+        return min(self.opts.timeout, 0.5 * collective)
+
+    def on_network_ready(self, accelerator: Any, args: Any, network: Any) -> None:
+        self.accelerator = accelerator
+        self.network = network
+
+    def on_epoch_start(self) -> None:
+        self.epoch += 1
+
+    # -- the sample hook -----------------------------------------------------------------------
+    def check_stop(self, epoch: int | None, global_step: int) -> None:
+        """At the epoch end after an early stop: leave train() on every rank."""
+        if self.stop_message is not None and epoch is not None:
+            raise EarlyStopped(global_step, self.stop_message)
+
+    def trigger(self, args: Any, epoch: int | None, global_step: int) -> str | None:
+        if global_step <= 0 or self.stop_message is not None:
+            return None
+        if epoch is None:
+            if self.opts.every_n_steps:
+                return "every_n_steps" if global_step % self.opts.every_n_steps == 0 else None
+            return "step_save" if self.surface.step_save_due(args, global_step) else None
+        if global_step in self.evaluated_steps:
+            return None
+        if self.surface.is_final(args, global_step):
+            return "final"
+        if not self.opts.every_n_steps and self.surface.epoch_save_due(args, epoch):
+            return "epoch_save"
+        return None
+
+    def on_sample_point(self, accelerator: Any, args: Any, epoch: int | None, global_step: int, render: Any) -> None:
+        self.current_step = global_step
+        if epoch is not None:
+            self.epoch = epoch
+        if self.is_main and not self._trackers_ready:
+            self._trackers_ready = True
+            self._start_trackers(accelerator, args)
+        kind = self.trigger(args, epoch, global_step)
+        if kind is None:
+            return
+        self.evaluated_steps.add(global_step)
+        cum = self.step_offset + global_step
+        render_dir = self.folder / "_render" / f"{cum:08d}"
+        t0 = time.monotonic()
+        render_error = None
+        try:
+            render(self.prompt_file, render_dir)
+        except Exception as e:  # a sampler failure is an evaluation failure, not a training failure
+            render_error = f"rendering failed: {type(e).__name__}: {e}"
+        accelerator.wait_for_everyone()
+        t_render = time.monotonic() - t0
+        decision = [None]
+        if self.is_main:
+            decision = [self._score_and_record(accelerator, args, kind, epoch, global_step, cum, render_dir, t_render, render_error)]
+        if getattr(accelerator, "num_processes", 1) > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(decision, from_process=0)
+        message = decision[0]
+        if message:
+            self.stop_message = message
+            if epoch is None:
+                # kohya breaks its step loop once global_step >= max_train_steps; the epoch-end
+                # hook then raises EarlyStopped, so no further optimizer step runs.
+                args.max_train_steps = global_step
+            else:
+                raise EarlyStopped(global_step, message)
+
+    # -- main process --------------------------------------------------------------------------
+    def _start_trackers(self, accelerator: Any, args: Any) -> None:
+        tb_dir = None
+        for t in getattr(accelerator, "trackers", []) or []:
+            if t.name == "tensorboard":
+                tb_dir = getattr(getattr(t, "writer", None), "log_dir", None) or getattr(t, "logging_dir", None)
+        trackers.add_custom_scalars(accelerator)
+        trackers.wandb_config(accelerator, self.opts.as_config())
+        self.run_record = {
+            "format": "kohya-ext-run", "output_dir": str(Path(args.output_dir).resolve()),
+            "output_name": getattr(args, "output_name", None), "tensorboard_dir": None if tb_dir is None else str(Path(tb_dir).resolve()),
+            "log_with": getattr(args, "log_with", None), "prompts": str(self.prompt_file), "started": time.time(),
+            "options": self.opts.as_config(), "best": None, "stopped": None,
+        }
+        self._write_run_record()
+
+    def _write_run_record(self) -> None:
+        if getattr(self, "run_record", None) is not None:
+            atomic_write_text(self.folder / RUN_RECORD, json.dumps(self.run_record, indent=1, default=str))
+
+    def _collect(self, render_dir: Path, eval_dir: Path) -> list[Path]:
+        """Move the rendered images (every rank's) into the evaluation folder as NN.png."""
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        out = []
+        for p in sorted((render_dir / "sample").glob("*.png")):
+            m = _SAMPLE_NUM.search(p.name)
+            idx = int(m.group(1)) if m else len(out)
+            dst = eval_dir / f"{idx:02d}.png"
+            shutil.move(str(p), dst)
+            out.append(dst)
+        shutil.rmtree(render_dir, ignore_errors=True)
+        try:
+            render_dir.parent.rmdir()  # only when empty
+        except OSError:
+            pass
+        return sorted(out)
+
+    def _score_and_record(self, accelerator, args, kind, epoch, global_step, cum, render_dir, t_render, render_error) -> str | None:
+        eval_dir = self.folder / f"eval-{cum:08d}"
+        paths = self._collect(render_dir, eval_dir)
+        t0 = time.monotonic()
+        if render_error:
+            result = {"ok": False, "error": render_error}
+        elif not paths:
+            result = {"ok": False, "error": f"the sampler wrote no images for {self.prompt_file}"}
+        else:
+            result = self.worker.score({"paths": [str(p) for p in paths], "out_dir": str(eval_dir), "cum_step": cum})
+        t_score = time.monotonic() - t0
+        log_epoch = epoch if epoch is not None else max(1, self.epoch)
+        row: dict[str, Any] = {
+            "status": "ok" if result["ok"] else "failed", "cum_step": cum, "kohya_step": global_step, "epoch": log_epoch,
+            "trigger": kind, "checkpoint": self._checkpoint_for(args, kind, epoch, global_step),
+            "images_dir": eval_dir.name, "seconds_render": round(t_render, 3), "seconds_score": round(t_score, 3),
+            "time": time.time(), "formula_version": FORMULA_VERSION,
+        }
+        if not result["ok"]:
+            row["error"] = result["error"]
+            _say(f"evaluation at step {global_step} failed, training goes on: {result['error']}")
+            score, eligible = None, False
+        else:
+            score = result["score"]
+            mem = result.get("memorization")
+            memorized = mem is not None and mem > self.opts.memorization_max
+            eligible = not memorized
+            row.update(score=score, detection_rate=result["detection_rate"], memorization=mem, memorized=memorized,
+                       backend=result.get("backend"), score_version=result.get("score_version"))
+            for name, r in (result.get("ratios") or {}).items():
+                row[f"{name}_diff_pct"], row[f"{name}_z"] = r.get("diff_pct"), r.get("z")
+            prev = self.board.best()
+            row["is_best"] = eligible and (prev is None or score > prev["score"])
+            trackers.log_scalars(accelerator, result["scalars"], global_step, log_epoch)
+            if result.get("grid"):
+                try:
+                    from PIL import Image
+
+                    with Image.open(result["grid"]) as g:
+                        trackers.log_grid(accelerator, g.convert("RGB"), "consistency/landmarks", global_step, log_epoch,
+                                          caption=f"step {global_step} score {score:.4f}")
+                except OSError as e:
+                    logger.warning("kohya-ext: cannot read %s: %s", result["grid"], e)
+            note = ""
+            if memorized:
+                note = f" (memorised: {100 * mem:.0f}% near-copies of training images > {100 * self.opts.memorization_max:.0f}%: not crowned best)"
+                _say(f"step {global_step}: samples are near-copies of training images{note}")
+            _say(f"step {global_step} ({kind}): consistency {score:.4f}, detection {100 * result['detection_rate']:.0f}%"
+                 + (" - new best" if row["is_best"] else "") + note)
+        self.es, stop, reason, message = decide(self.es, score, self.stop_cfg, eligible) if self.stop_cfg.active else (self.es, False, None, "")
+        row.update(es_best=self.es.best, es_wait=self.es.wait, stop=stop, stop_reason=None if reason is None else reason.value, message=message)
+        row = self.board.add(row)
+        if row.get("is_best"):
+            self._keep_best(args, row, global_step)
+            trackers.wandb_summary(accelerator, {"consistency/best_score": row["score"], "consistency/best_step": global_step,
+                                                 "consistency/best_cum_step": cum, "consistency/best_checkpoint": row.get("checkpoint")})
+            self.run_record["best"] = {k: row.get(k) for k in ("eval", "cum_step", "kohya_step", "epoch", "checkpoint", "score")}
+        if stop:
+            _say(f"early stop at step {global_step}: {message}")
+            trackers.wandb_summary(accelerator, {"consistency/stopped_at_step": global_step, "consistency/stop_reason": reason.value})
+            self.run_record["stopped"] = {"kohya_step": global_step, "cum_step": cum, "reason": reason.value, "message": message}
+        trackers.flush(accelerator)
+        self._write_run_record()
+        self._save_state()
+        return message if stop else None
+
+    def _checkpoint_for(self, args, kind, epoch, global_step) -> str | None:
+        ext = "." + getattr(args, "save_model_as", "safetensors")
+        if kind == "step_save" or (kind == "every_n_steps" and self.surface.step_save_due(args, global_step)):
+            return self.surface.step_ckpt_name(args, ext, global_step)
+        if kind == "epoch_save":
+            return self.surface.epoch_ckpt_name(args, ext, epoch)
+        if kind == "final":
+            return self.surface.last_ckpt_name(args, ext)
+        return None
+
+    # -- the best copy -------------------------------------------------------------------------
+    def best_path(self, args: Any) -> Path:
+        ext = "." + getattr(args, "save_model_as", "safetensors")
+        return Path(args.output_dir) / bestcopy.best_name(getattr(args, "output_name", None), ext)
+
+    def _keep_best(self, args: Any, row: dict, global_step: int) -> None:
+        """Copy exactly the evaluated weights: the file kohya already wrote for this step, the
+        one it writes right after this hook, or (no kohya save at this step) a save of our own."""
+        if self.last_save is not None and self.last_save["global_step"] == global_step:
+            self._copy_best(args, self.last_save["path"], row)
+        elif row.get("checkpoint") is not None:
+            self.pending_best = {"row": row, "global_step": global_step}
+        else:
+            self._save_own_best(args, row, global_step)
+
+    def _copy_best(self, args: Any, src: str, row: dict) -> None:
+        dst = self.best_path(args)
+        try:
+            bestcopy.copy_with_metadata(src, dst, bestcopy.best_metadata(row))
+            _say(f"best checkpoint so far: {Path(src).name} (score {row['score']:.4f}) copied to {dst.name}")
+        except Exception as e:
+            logger.warning("kohya-ext: copying the best checkpoint %s failed: %s", src, e)
+
+    def _save_own_best(self, args: Any, row: dict, global_step: int) -> None:
+        if self.network is None or not hasattr(self.network, "save_weights"):
+            logger.warning("kohya-ext: no network to save the best weights from at step %d", global_step)
+            return
+        dst = self.best_path(args)
+        meta = dict(self.last_save["metadata"]) if self.last_save and self.last_save.get("metadata") else {}
+        meta.update({"ss_steps": str(global_step), "ss_epoch": str(row.get("epoch"))})
+        meta.update(bestcopy.best_metadata(row))
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=dst.suffix)
+        os.close(fd)
+        self._own_save = True
+        try:
+            self.network.save_weights(tmp, self.last_save["dtype"] if self.last_save else None, meta)
+            os.replace(tmp, dst)
+            _say(f"best weights so far (step {global_step}, score {row['score']:.4f}) saved to {dst.name}")
+        except Exception as e:
+            Path(tmp).unlink(missing_ok=True)
+            logger.warning("kohya-ext: saving the best weights failed: %s", e)
+        finally:
+            self._own_save = False
+
+    def on_checkpoint_saved(self, path: str, metadata: dict | None, dtype: Any) -> None:
+        if self._own_save or not self.is_main:
+            return
+        self.last_save = {"path": str(path), "metadata": dict(metadata or {}), "dtype": dtype, "global_step": self.current_step}
+        cum = self.step_offset + self.current_step
+        if self.board is not None and any(r.get("cum_step") == cum and not r.get("checkpoint") for r in self.board.rows):
+            self.board.set_checkpoint(cum, Path(path).name)
+        if self.pending_best is not None and self.pending_best["global_step"] == self.current_step:
+            row = self.pending_best["row"]
+            self.pending_best = None
+            self._copy_best(self.args, path, row)
+
+    # -- end -----------------------------------------------------------------------------------
+    def on_fit_end(self, accelerator: Any, stopped_early: bool) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+        if not self.is_main or self.board is None:
+            return
+        best = self.board.best()
+        n_ok = sum(1 for r in self.board.rows if r.get("status") == "ok")
+        n_fail = len(self.board.rows) - n_ok
+        if best is None:
+            _say(f"no best checkpoint: {n_ok} evaluation(s) scored, {n_fail} failed")
+        else:
+            _say(f"best consistency {best['score']:.4f} at step {best['kohya_step']} (cumulative {best['cum_step']}, epoch {best['epoch']}, "
+                 f"{best.get('checkpoint')}) -> {self.best_path(self.args).name}; {len(self.board.rows)} evaluation(s): {n_ok} scored, {n_fail} failed"
+                 + (f"; stopped early: {self.stop_message}" if stopped_early else ""))
+        if getattr(self, "run_record", None) is not None:
+            self.run_record["finished"] = time.time()
+            self._write_run_record()
+
+    # -- state (resume) ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"early_stop": self.es.state_dict(), "cum_step": self.step_offset + self.current_step, "epoch": self.epoch}
+
+    def _save_state(self) -> None:
+        atomic_write_text(self.folder / STATE_FILE, json.dumps(self.state_dict(), indent=1))

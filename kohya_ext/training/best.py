@@ -1,0 +1,77 @@
+"""The ``{output_name}-best`` copy: the evaluated weights, with our score in their metadata.
+
+Keys are our own (``kohya_ext_*``): kohya's ``ss_steps`` restarts after a resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+META_SCORE = "kohya_ext_consistency_score"
+META_STEP = "kohya_ext_consistency_step"          # cumulative step (ours)
+META_KOHYA_STEP = "kohya_ext_consistency_kohya_step"
+META_EPOCH = "kohya_ext_consistency_epoch"
+META_SOURCE = "kohya_ext_consistency_source"      # file the copy was made from
+META_SCORE_VERSION = "kohya_ext_score_version"
+META_BACKEND = "kohya_ext_backend"
+
+
+def best_name(output_name: str | None, ext: str) -> str:
+    return f"{output_name or 'last'}-best{ext}"
+
+
+def best_metadata(row: dict) -> dict[str, str]:
+    return {
+        META_SCORE: f"{row['score']:.6f}",
+        META_STEP: str(row["cum_step"]),
+        META_KOHYA_STEP: str(row["kohya_step"]),
+        META_EPOCH: str(row.get("epoch")),
+        META_SCORE_VERSION: str(row.get("score_version")),
+        META_BACKEND: str(row.get("backend")),
+    }
+
+
+def _tmp_in(folder: Path, name: str) -> str:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
+def copy_with_metadata(src: str | Path, dst: str | Path, extra: dict[str, str]) -> Path:
+    """Copy a checkpoint to ``dst`` atomically; safetensors get ``extra`` merged into their
+    metadata, other formats get a ``<dst>.json`` side file holding it."""
+    src, dst = Path(src), Path(dst)
+    tmp = _tmp_in(dst.parent, dst.name)
+    try:
+        if src.suffix == ".safetensors":
+            from safetensors import safe_open
+            from safetensors.torch import save_file
+
+            with safe_open(str(src), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta.update(extra)
+            meta[META_SOURCE] = src.name
+            save_file(tensors, tmp, metadata=meta)
+        else:
+            shutil.copyfile(src, tmp)
+            side = dst.with_name(dst.name + ".json")
+            from ..io_utils import atomic_write_text
+
+            atomic_write_text(side, json.dumps({**extra, META_SOURCE: src.name}, indent=1))
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})

@@ -1,0 +1,128 @@
+"""Evaluation prompts: the same prompts, seeds and sizes at every evaluation.
+
+From ``--consistency_prompts`` (kohya's prompt-file format, .txt/.toml/.json), else derived
+from the training captions. Prompts without ``--d``/``--w``/``--h`` get a fixed seed and
+size (kohya's own default would be a random seed at 512x512, which makes scores noisy).
+They are written as a JSON prompt file, which every sd-scripts sampler reads as is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import KohyaExtError
+from ..io_utils import atomic_write_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# kohya's per-prompt options: "--w 512 --h 512 --d 7 --s 28 --l 7.5 --n negative ..."
+_OPTS = {
+    "w": ("width", int), "h": ("height", int), "d": ("seed", int), "s": ("sample_steps", int),
+    "l": ("scale", float), "g": ("guidance_scale", float), "n": ("negative_prompt", str),
+    "ss": ("sample_sampler", str), "cn": ("controlnet_image", str), "ctr": ("cfg_trunc_ratio", float),
+    "rcfg": ("renorm_cfg", float), "fs": ("flow_shift", str),
+}
+_OPT_RE = re.compile(r"^(ss|cn|ctr|rcfg|fs|w|h|d|s|l|g|n)\s+(.+)$", re.IGNORECASE | re.DOTALL)
+
+
+def parse_prompt_line(line: str) -> dict[str, Any]:
+    """One line of a kohya .txt prompt file as a prompt dict."""
+    head, *parts = line.split(" --")
+    out: dict[str, Any] = {"prompt": head.strip()}
+    for part in parts:
+        m = _OPT_RE.match(part.strip())
+        if not m:
+            continue
+        key, conv = _OPTS[m.group(1).lower()]
+        try:
+            out[key] = conv(m.group(2).strip())
+        except ValueError:
+            raise KohyaExtError(f"prompt {line!r}: --{m.group(1)} {m.group(2)!r} is not a valid {conv.__name__}") from None
+    return out
+
+
+def load_prompt_file(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise KohyaExtError(f"--consistency_prompts {p}: no such file")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".txt":
+        items: list[Any] = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    elif p.suffix == ".toml":
+        data = tomllib.loads(text).get("prompt", {})
+        items = [{**{k: v for k, v in data.items() if k != "subset"}, **s} for s in data.get("subset", [])]
+    elif p.suffix == ".json":
+        items = json.loads(text)
+    else:
+        raise KohyaExtError(f"--consistency_prompts {p}: use a .txt, .toml or .json prompt file (kohya's format)")
+    prompts = [parse_prompt_line(i) if isinstance(i, str) else dict(i) for i in items]
+    if not prompts or not all(isinstance(d.get("prompt"), str) for d in prompts):
+        raise KohyaExtError(f"--consistency_prompts {p}: holds no prompts")
+    return prompts
+
+
+def _caption(image: Path, extensions: list[str]) -> str | None:
+    for ext in extensions:
+        c = image.with_suffix(ext)
+        if c.is_file():
+            text = c.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            if text and text[0].strip():
+                return text[0].strip()
+    return None
+
+
+def derive_prompts(groups: list, n: int, caption_extension: str | None) -> list[dict[str, Any]]:
+    """``n`` prompts per character (image group): captions of evenly spaced training images,
+    or the class token when an image has no caption."""
+    exts = [e if e.startswith(".") else "." + e for e in ([caption_extension] if caption_extension else []) + [".caption", ".txt"]]
+    out = []
+    for g in groups:
+        paths = sorted(g.paths)
+        if not paths:
+            continue
+        picks = [paths[round(i * (len(paths) - 1) / max(1, n - 1))] for i in range(min(n, len(paths)))] if n > 1 else [paths[0]]
+        for p in picks:
+            out.append({"prompt": _caption(Path(p), exts) or g.name, "character": g.name})
+    if not out:
+        raise KohyaExtError("no training images to derive evaluation prompts from: pass --consistency_prompts FILE")
+    return out
+
+
+def fix_prompts(prompts: list[dict[str, Any]], seed: int, size: tuple[int, int]) -> list[dict[str, Any]]:
+    """Give every prompt a seed and a size (kept when given); number them."""
+    out = []
+    for i, p in enumerate(prompts):
+        q = dict(p)
+        q.setdefault("seed", seed + i)
+        q.setdefault("width", size[0])
+        q.setdefault("height", size[1])
+        out.append(q)
+    return out
+
+
+def write_prompt_file(prompts: list[dict[str, Any]], path: str | Path) -> Path:
+    """A JSON prompt file (kohya reads .json prompt files as a list of dicts)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keep = {v[0] for v in _OPTS.values()} | {"prompt"}
+    atomic_write_text(path, json.dumps([{k: v for k, v in p.items() if k in keep} for p in prompts], indent=1, ensure_ascii=False))
+    return path
+
+
+def parse_resolution(value: Any) -> tuple[int, int]:
+    """kohya's ``--resolution`` ("512" or "512,768", or a tuple) as (width, height)."""
+    if value is None:
+        return (512, 512)
+    if isinstance(value, (tuple, list)):
+        w, h = (value[0], value[-1])
+    else:
+        parts = [int(x) for x in str(value).split(",")]
+        w, h = parts[0], parts[-1]
+    return int(w), int(h)

@@ -1,0 +1,236 @@
+"""Scoring in a separate, killable process with a deadline.
+
+A native crash (the nvxs C library is called through ctypes), a CUDA error or a hang in
+the scorer must not take training down: the worker is a spawned process, the trainer
+waits on a pipe for at most ``deadline`` seconds, kills the worker past it, and starts a
+new one at the next evaluation. A thread with a timeout could not be stopped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ..errors import KohyaExtError
+
+logger = logging.getLogger(__name__)
+
+
+# -- child side ---------------------------------------------------------------------------
+
+def build_scorer(cfg: dict) -> Any:
+    """The scorer for ``cfg``: ours, or ``cfg["scorer"]`` = "MODULE:CALLABLE" called with cfg."""
+    if cfg.get("scorer"):
+        mod, _, fn = cfg["scorer"].partition(":")
+        return getattr(importlib.import_module(mod), fn)(cfg)
+    from ..backends import BackendSpec
+    from ..scorer import Scorer
+
+    spec = BackendSpec(cfg.get("backend", "auto"), device=cfg.get("device", "auto"), threads=cfg.get("threads"))
+    return Scorer(cfg["reference"], backend=spec, progress=False)
+
+
+def evaluate(scorer: Any, job: dict) -> dict:
+    """Score the job's images; write report.json and the landmark-overlay grid next to them."""
+    from ..images import load_image
+    from ..io_utils import atomic_write_text
+
+    paths = [Path(p) for p in job["paths"]]
+    images = [load_image(p) for p in paths]
+    report = scorer.score_images(images, [p.name for p in paths])
+    out = Path(job["out_dir"])
+    result: dict[str, Any] = {
+        "score": float(report.score),
+        "scalars": {k: float(v) for k, v in report.scalars().items()},
+        "detection_rate": float(report.detection_rate),
+        "memorization": None if report.memorization is None else float(report.memorization),
+        "score_version": str(report.score_version),
+        "backend": (report.backend or {}).get("name") or (report.backend or {}).get("backend"),
+        "ratios": {k: {"diff_pct": v.diff_pct, "z": v.z} for k, v in getattr(report, "ratios", {}).items()},
+    }
+    try:
+        import json
+
+        atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=1, ensure_ascii=False, default=str))
+    except Exception as e:  # the report file is a convenience; the numbers are what counts
+        result["report_error"] = str(e)
+    samples = getattr(report, "samples", None)
+    if samples:
+        from ..overlay import draw_overlay, overlay_grid
+
+        grid = overlay_grid([draw_overlay(img, m) for img, m in zip(images, samples)], columns=min(4, len(images)))
+        grid.save(out / "overlay_grid.png")
+        result["grid"] = str(out / "overlay_grid.png")
+    return result
+
+
+def _child(conn: Any, cfg: dict) -> None:
+    # The trainer handles Ctrl-C; the worker just dies with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if cfg.get("threads"):
+        try:
+            import torch
+
+            torch.set_num_threads(int(cfg["threads"]))
+        except Exception:
+            pass
+    try:
+        scorer = build_scorer(cfg)
+        ref = getattr(scorer, "reference", None)
+        info = {"pid": os.getpid()}
+        if ref is not None:
+            info.update(name=getattr(ref, "name", None), counts=dict(getattr(ref, "counts", {}) or {}))
+        conn.send(("ready", info))
+    except KohyaExtError as e:
+        conn.send(("error", str(e)))
+        return
+    except BaseException as e:
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        try:
+            conn.send(("result", evaluate(scorer, job)))
+        except BaseException as e:
+            tb = traceback.format_exc(limit=4)
+            conn.send(("failed", f"{type(e).__name__}: {e}".strip() + "\n" + tb))
+
+
+# -- parent side --------------------------------------------------------------------------
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class ScoringWorker:
+    """One scoring process at a time; ``score`` never raises and never waits past its deadline."""
+
+    def __init__(self, cfg: dict, deadline_s: float):
+        self.cfg = dict(cfg)
+        self.deadline_s = float(deadline_s)
+        self._ctx = mp.get_context("spawn")
+        self.proc: Any = None
+        self.conn: Any = None
+        self.info: dict = {}
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self.proc = self._ctx.Process(target=_child, args=(child, self.cfg), name="kohya-ext-scorer", daemon=True)
+        self.proc.start()
+        child.close()
+        self.conn = parent
+
+    def _receive(self, timeout: float, deadline: float | None = None) -> tuple[str, Any]:
+        """("kind", payload) from the worker; ("dead", why) or ("timeout", why) otherwise."""
+        deadline = timeout if deadline is None else deadline
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                self.kill()
+                return "timeout", f"scoring worker passed its {deadline:g} s deadline and was killed"
+            try:
+                if self.conn.poll(min(left, 0.2)):
+                    return self.conn.recv()
+            except (EOFError, OSError):
+                pass
+            else:
+                if self.proc.is_alive():
+                    continue
+                if self.conn.poll(0):  # it answered just before exiting
+                    try:
+                        return self.conn.recv()
+                    except (EOFError, OSError):
+                        pass
+            self.proc.join(1)
+            why = f"scoring worker died ({_describe_exit(self.proc.exitcode)})"
+            self._drop()
+            return "dead", why
+
+    def wait_ready(self, timeout: float) -> dict:
+        """Wait for the worker to load its scorer and reference; raise KohyaExtError if it cannot."""
+        kind, payload = self._receive(timeout)
+        if kind == "ready":
+            self.info = payload
+            return payload
+        self.kill()
+        if kind == "error":
+            raise KohyaExtError(payload)
+        raise KohyaExtError(f"{payload} while loading the scorer and reference")
+
+    def score(self, job: dict, deadline_s: float | None = None) -> dict:
+        """{"ok": True, ...result} or {"ok": False, "error": "..."}; restarts a dead worker first."""
+        deadline = self.deadline_s if deadline_s is None else deadline_s
+        t0 = time.monotonic()
+        if not self.alive():
+            if self.proc is not None:
+                self._drop()
+            self.restarts += 1
+            self.start()
+            try:
+                self.wait_ready(deadline)
+            except KohyaExtError as e:
+                return {"ok": False, "error": f"restarting the scoring worker failed: {e}"}
+        try:
+            self.conn.send(job)
+        except (OSError, BrokenPipeError) as e:
+            self.kill()
+            return {"ok": False, "error": f"scoring worker unreachable: {e}"}
+        kind, payload = self._receive(max(0.1, deadline - (time.monotonic() - t0)), deadline)
+        if kind == "result":
+            return {"ok": True, **payload}
+        if kind == "failed":
+            return {"ok": False, "error": payload.splitlines()[0], "traceback": payload}
+        return {"ok": False, "error": payload}
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self._drop()
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+        self.conn = None
+        if self.proc is not None and not self.proc.is_alive():
+            self.proc = None
+
+    def close(self) -> None:
+        if self.alive():
+            try:
+                self.conn.send(None)
+                self.proc.join(2)
+            except (OSError, BrokenPipeError):
+                pass
+        self.kill()

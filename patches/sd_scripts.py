@@ -1,0 +1,327 @@
+"""All sd-scripts-specific glue, in one place (a new sd-scripts version should touch only this file).
+
+How it hooks in, without editing sd-scripts:
+- the trainer script (train_network.py, sdxl_train_network.py, ...) is imported as a module
+  and its ``if __name__ == "__main__":`` block is run in that module, after
+- its ``setup_parser`` is wrapped to add the ``--consistency_*`` group (so the flags work on
+  the command line and as ``--config_file`` keys, and show in ``--help``), and
+- ``train_network.NetworkTrainer.train`` is wrapped: every family's trainer subclasses it, so
+  the hooks are installed on the trainer instance and call through the family's overrides
+  (``sample_images``, ``post_process_network``) - nothing else of sd-scripts is replaced.
+Checked against sd-scripts v0.10.1 / main 48d368fa (train_network.py line numbers there).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+import inspect
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kohya_ext.errors import KohyaExtError
+
+SUPPORTED = "sd-scripts v0.10.0 and v0.10.1 (main since 2026-01; the sd3 branch since 2025-02 has the same hooks)"
+TRAINERS = ("train_network.py", "sdxl_train_network.py", "sd3_train_network.py", "flux_train_network.py",
+            "lumina_train_network.py", "hunyuan_image_train_network.py", "anima_train_network.py")
+# NetworkTrainer methods we call or rely on (the hook surface), and sample_images' parameters.
+_REQUIRED_METHODS = ("train", "sample_images", "post_process_network", "step_logging", "epoch_logging",
+                     "accelerator_logging", "process_batch", "on_step_start")
+_SAMPLE_PARAMS = 10  # self, accelerator, args, epoch, global_step, device, vae, tokenizer(s), text_encoder, unet
+_TRAIN_UTIL = ("read_config_from_file", "get_step_ckpt_name", "get_epoch_ckpt_name", "get_last_ckpt_name",
+               "save_state_on_train_end", "verify_command_line_training_args")
+
+
+# -- finding and checking sd-scripts --------------------------------------------------------
+
+def find_script(name: str) -> Path:
+    """SCRIPT as given (absolute or relative to the current folder), else in ``$KOHYA_SD_SCRIPTS``."""
+    p = Path(name)
+    if p.is_file():
+        return p.resolve()
+    root = os.environ.get("KOHYA_SD_SCRIPTS")
+    if root and not p.is_absolute() and (Path(root) / p).is_file():
+        return (Path(root) / p).resolve()
+    where = f"KOHYA_SD_SCRIPTS={root}" if root else "KOHYA_SD_SCRIPTS (unset)"
+    raise KohyaExtError(f"{name}: not found in the current folder nor in {where}: run from your sd-scripts folder "
+                        f"or set KOHYA_SD_SCRIPTS=/path/to/sd-scripts (trainers: {', '.join(TRAINERS)})")
+
+
+def load_script(path: Path) -> Any:
+    """Import a trainer script as the module of its own name (``import train_network`` in the
+    other families then finds the same module), with its folder first on ``sys.path``."""
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = path.stem
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def check_surface(module: Any) -> tuple[Any, Any]:
+    """(NetworkTrainer base class, train_util), or a KohyaExtError naming what is missing."""
+    where = Path(module.__file__).parent
+    base = sys.modules.get("train_network")
+    if base is None or not hasattr(base, "NetworkTrainer"):
+        raise KohyaExtError(f"{module.__file__}: not an sd-scripts network trainer (no train_network.NetworkTrainer); "
+                            f"kohya-ext supports {', '.join(TRAINERS)}")
+    cls = base.NetworkTrainer
+    missing = [m for m in _REQUIRED_METHODS if not callable(getattr(cls, m, None))]
+    train_util = sys.modules.get("library.train_util")
+    missing += [f"train_util.{f}" for f in _TRAIN_UTIL if train_util is None or not hasattr(train_util, f)]
+    if not missing:
+        n = len(inspect.signature(cls.sample_images).parameters)
+        if n != _SAMPLE_PARAMS:
+            missing.append(f"sample_images with {_SAMPLE_PARAMS - 1} arguments (found {n - 1})")
+    if not hasattr(module, "setup_parser"):
+        missing.append(f"{Path(module.__file__).name}: setup_parser")
+    if missing:
+        raise KohyaExtError(f"sd-scripts at {where} has an unsupported hook surface (missing: {', '.join(missing)}); "
+                            f"kohya-ext supports {SUPPORTED}")
+    return cls, train_util
+
+
+def _main_block(module: Any) -> Any:
+    """The compiled body of the script's ``if __name__ == "__main__":`` block."""
+    src = Path(module.__file__).read_text(encoding="utf-8")
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test):
+            return compile(ast.Module(body=node.body, type_ignores=[]), module.__file__, "exec")
+    raise KohyaExtError(f"{module.__file__}: has no `if __name__ == \"__main__\":` block to run")
+
+
+# -- what the callback needs to know about kohya's loop ----------------------------------------
+
+class KohyaSurface:
+    """Save cadence and checkpoint names as sd-scripts computes them (train_network.py L1496-1509,
+    L1686-1696; train_util.get_*_ckpt_name), read live from ``args``."""
+
+    def __init__(self, train_util: Any):
+        self.tu = train_util
+
+    @staticmethod
+    def step_save_due(args: Any, global_step: int) -> bool:
+        n = getattr(args, "save_every_n_steps", None)
+        return bool(n) and global_step % n == 0
+
+    @staticmethod
+    def is_final(args: Any, global_step: int) -> bool:
+        # Every epoch but the last ends below max_train_steps (epochs = ceil(max_steps / steps per epoch)).
+        return global_step >= args.max_train_steps
+
+    def epoch_save_due(self, args: Any, epoch: int) -> bool:
+        n = getattr(args, "save_every_n_epochs", None)
+        return bool(n) and epoch % n == 0
+
+    def step_ckpt_name(self, args: Any, ext: str, step: int) -> str:
+        return self.tu.get_step_ckpt_name(args, ext, step)
+
+    def epoch_ckpt_name(self, args: Any, ext: str, epoch: int) -> str:
+        return self.tu.get_epoch_ckpt_name(args, ext, epoch)
+
+    def last_ckpt_name(self, args: Any, ext: str) -> str:
+        return self.tu.get_last_ckpt_name(args, ext)
+
+
+def render_with(sample_images: Any, accelerator: Any, args: Any, global_step: int, models: tuple) -> Any:
+    """A render(prompt_file, out_dir) calling the family's own sampler with a shadow copy of args.
+
+    The samplers return early unless ``sample_*`` select the step, always write into
+    ``{output_dir}/sample/``, and log every image to wandb when a wandb tracker exists: the
+    shadow args select this step and point output_dir at our folder, and the trackers are
+    hidden for the call so the user's wandb ``sample_{i}`` images stay theirs.
+    """
+
+    def render(prompt_file: Path, out_dir: Path) -> None:
+        shadow = copy.copy(args)
+        shadow.sample_prompts = str(prompt_file)
+        shadow.output_dir = str(out_dir)
+        shadow.output_name = None
+        shadow.sample_every_n_epochs = None
+        shadow.sample_every_n_steps = 1
+        shadow.sample_at_first = True
+        hidden = accelerator.trackers
+        accelerator.trackers = []
+        try:
+            sample_images(accelerator, shadow, None, global_step, *models)
+        finally:
+            accelerator.trackers = hidden
+
+    return render
+
+
+# -- hook trace (compares the stand-in loop with the real one) -----------------------------------
+
+def _kind(v: Any) -> str:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return type(v).__name__
+    name = type(v).__name__
+    if name in ("Namespace", "Accelerator", "device", "dtype"):
+        return name
+    try:
+        import torch
+
+        if isinstance(v, torch.nn.Module):
+            return "Module"
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(v, (list, tuple)):
+        return "list"
+    if isinstance(v, dict):
+        return "dict"
+    return "object"
+
+
+def trace(hook: str, step: Any = None, epoch: Any = None, args: tuple = ()) -> None:
+    """Append one hook call to ``$KOHYA_EXT_TRACE`` (JSON lines) when set."""
+    path = os.environ.get("KOHYA_EXT_TRACE")
+    if not path:
+        return
+    rec = {"hook": hook, "rank": int(os.environ.get("RANK", "0")), "step": step, "epoch": epoch, "args": [_kind(a) for a in args]}
+    with open(f"{path}.rank{rec['rank']}" if rec["rank"] else path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+# -- installing the hooks -------------------------------------------------------------------
+
+def _install_instance_hooks(trainer: Any, cb: Any, surface: KohyaSurface) -> None:
+    orig_sample = trainer.sample_images  # bound: the family's own override
+    orig_post = trainer.post_process_network
+    orig_step_logging = trainer.step_logging
+    orig_epoch_logging = trainer.epoch_logging
+
+    def sample_images(accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet):
+        trace("sample_images", global_step, epoch, (accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet))
+        cb.check_stop(epoch, global_step)
+        orig_sample(accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet)
+        render = render_with(orig_sample, accelerator, args, global_step, (device, vae, tokenizers, text_encoder, unet))
+        cb.on_sample_point(accelerator, args, epoch, global_step, render)
+
+    def post_process_network(args, accelerator, network, text_encoders, unet):
+        trace("post_process_network", None, None, (args, accelerator, network, text_encoders, unet))
+        orig_post(args, accelerator, network, text_encoders, unet)
+        _wrap_network(network, cb)
+        cb.on_network_ready(accelerator, args, network)
+
+    def step_logging(accelerator, logs, global_step, epoch):
+        trace("step_logging", global_step, epoch, (accelerator, logs, global_step, epoch))
+        return orig_step_logging(accelerator, logs, global_step, epoch)
+
+    def epoch_logging(accelerator, logs, global_step, epoch):
+        trace("epoch_logging", global_step, epoch, (accelerator, logs, global_step, epoch))
+        return orig_epoch_logging(accelerator, logs, global_step, epoch)
+
+    trainer.sample_images = sample_images
+    trainer.post_process_network = post_process_network
+    trainer.step_logging = step_logging
+    trainer.epoch_logging = epoch_logging
+
+
+def _wrap_network(network: Any, cb: Any) -> None:
+    """Know every checkpoint kohya writes (``save_weights`` at each save) and every epoch start."""
+    orig_save = network.save_weights
+    orig_epoch = getattr(network, "on_epoch_start", None)
+
+    def save_weights(file, dtype, metadata):
+        trace("save_weights", cb.current_step, None, (file, dtype, metadata))
+        out = orig_save(file, dtype, metadata)
+        cb.on_checkpoint_saved(file, metadata, dtype)
+        return out
+
+    def on_epoch_start(*a, **kw):
+        trace("on_epoch_start", cb.current_step, None, a)
+        cb.on_epoch_start()
+        return orig_epoch(*a, **kw) if orig_epoch else None
+
+    network.save_weights = save_weights
+    network.on_epoch_start = on_epoch_start
+
+
+def _finish_after_stop(args: Any, train_util: Any, cb: Any, stop: Any) -> None:
+    """The tail of ``train()`` (L1719-1729) after an early stop left it at the epoch end:
+    trackers closed, optional end state, and the final ``{output_name}.{ext}`` written from
+    the weights of the stop step (no optimizer step ran after the decision)."""
+    accelerator = cb.accelerator
+    accelerator.end_training()
+    if accelerator.is_main_process and (getattr(args, "save_state", False) or getattr(args, "save_state_on_train_end", False)):
+        train_util.save_state_on_train_end(args, accelerator)
+    if accelerator.is_main_process and cb.network is not None:
+        ext = "." + args.save_model_as
+        path = os.path.join(args.output_dir, train_util.get_last_ckpt_name(args, ext))
+        last = cb.last_save or {}
+        meta = dict(last.get("metadata") or {})
+        if meta:
+            meta.update(ss_steps=str(stop.global_step), ss_epoch=str(cb.epoch), ss_training_finished_at=str(time.time()))
+            meta["kohya_ext_early_stop"] = stop.message
+        os.makedirs(args.output_dir, exist_ok=True)
+        print(f"kohya-ext: saving final checkpoint after the early stop: {path}", flush=True)
+        cb.network.save_weights(path, last.get("dtype"), meta if meta else None)
+
+
+def install(module: Any) -> None:
+    """Wrap the script's ``setup_parser`` and ``NetworkTrainer.train`` (idempotent)."""
+    base, train_util = check_surface(module)
+    from kohya_ext.training.options import add_arguments
+
+    orig_setup = module.setup_parser
+    if not getattr(orig_setup, "_kohya_ext", False):
+        def setup_parser(*a, **kw):
+            parser = orig_setup(*a, **kw)
+            add_arguments(parser)
+            return parser
+
+        setup_parser._kohya_ext = True
+        module.setup_parser = setup_parser
+
+    orig_train = base.train
+    if getattr(orig_train, "_kohya_ext", False):
+        return
+
+    def train(self, args):
+        from kohya_ext.training.options import from_args
+
+        opts = from_args(args)
+        if not opts.enabled:
+            return orig_train(self, args)
+        from kohya_ext.callbacks import ConsistencyCallback, EarlyStopped
+
+        surface = KohyaSurface(train_util)
+        cb = ConsistencyCallback(opts, surface)
+        cb.on_fit_start(args, is_main=int(os.environ.get("RANK", "0")) == 0)
+        _install_instance_hooks(self, cb, surface)
+        stopped = False
+        try:
+            orig_train(self, args)
+        except EarlyStopped as stop:
+            stopped = True
+            _finish_after_stop(args, train_util, cb, stop)
+        finally:
+            cb.on_fit_end(getattr(cb, "accelerator", None), stopped)
+        trace("train_end", cb.current_step, cb.epoch, ())
+
+    train._kohya_ext = True
+    base.train = train
+
+
+def run(script: str, argv: list[str]) -> int:
+    """``python -m kohya_ext SCRIPT.py ARGS``: run the trainer's own main block with our hooks."""
+    path = find_script(script)
+    sys.argv = [str(path), *argv]
+    module = load_script(path)
+    install(module)
+    exec(_main_block(module), module.__dict__)
+    return 0

@@ -1,0 +1,1 @@
+"""Stand-in for sd-scripts' `library` package (CI only)."""

@@ -1,0 +1,1 @@
+"""Stand-in for sd-scripts' `networks` package (CI only)."""

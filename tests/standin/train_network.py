@@ -1,0 +1,338 @@
+"""Stand-in for sd-scripts v0.10.1 train_network.py (CI only; written from scratch).
+
+Same hook names, signatures and order as ``NetworkTrainer.train`` there; tiny torch
+modules instead of Stable Diffusion. See README.md in this folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import random
+import time
+
+import torch
+
+from library import train_util
+
+
+class _TinyModel(torch.nn.Module):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.proj = torch.nn.Linear(width, width)
+
+
+class _Tokenizer:
+    model_max_length = 77
+
+
+class _TokenizeStrategy:
+    def __init__(self):
+        self.tokenizer = _Tokenizer()
+
+
+class _Dataset(torch.utils.data.Dataset):
+    """One item per training image x repeats (kohya `N_name` folders), as fixed random vectors."""
+
+    def __init__(self, train_data_dir: str, width: int = 8):
+        items = []
+        for sub in sorted(os.listdir(train_data_dir)):
+            d = os.path.join(train_data_dir, sub)
+            if not os.path.isdir(d) or "_" not in sub or not sub.split("_", 1)[0].isdigit():
+                continue
+            repeats = int(sub.split("_", 1)[0])
+            imgs = sorted(f for f in os.listdir(d) if f.lower().endswith((".png", ".jpg", ".jpeg", ".webp")))
+            items += [os.path.join(d, f) for f in imgs] * repeats
+        self.items = items
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(len(items), width, generator=g)
+        self.y = torch.randn(len(items), width, generator=g)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+class NetworkTrainer:
+    def __init__(self):
+        self.vae_scale_factor = 0.18215
+        self.is_sdxl = False
+
+    def generate_step_logs(self, args, current_loss, avr_loss, lr_scheduler, lr_descriptions, optimizer=None):
+        logs = {"loss/current": current_loss, "loss/average": avr_loss}
+        for i, lr in enumerate(lr_scheduler.get_last_lr()):
+            logs[f"lr/{lr_descriptions[i] if lr_descriptions else 'unet'}"] = float(lr)
+        return logs
+
+    def step_logging(self, accelerator, logs: dict, global_step: int, epoch: int):
+        self.accelerator_logging(accelerator, logs, global_step, global_step, epoch)
+
+    def epoch_logging(self, accelerator, logs: dict, global_step: int, epoch: int):
+        self.accelerator_logging(accelerator, logs, epoch, global_step, epoch)
+
+    def accelerator_logging(self, accelerator, logs: dict, step_value: int, global_step: int, epoch: int, val_step=None):
+        """TensorBoard at step_value; wandb without a step, global_step/epoch in the dict."""
+        tb, wb, others = None, None, []
+        for t in accelerator.trackers:
+            if t.name == "tensorboard":
+                tb = accelerator.get_tracker("tensorboard")
+            elif t.name == "wandb":
+                wb = accelerator.get_tracker("wandb")
+            else:
+                others.append(accelerator.get_tracker(t.name))
+        if tb is not None:
+            tb.log(logs, step=step_value)
+        if wb is not None:
+            logs["global_step"] = global_step
+            logs["epoch"] = epoch
+            if val_step is not None:
+                logs["val_step"] = val_step
+            wb.log(logs)
+        for t in others:
+            t.log(logs, step=step_value)
+
+    def load_target_model(self, args, weight_dtype, accelerator):
+        torch.manual_seed(args.seed or 0)
+        return "standin-v1", _TinyModel(), _TinyModel(), _TinyModel()
+
+    def get_tokenize_strategy(self, args):
+        return _TokenizeStrategy()
+
+    def get_tokenizers(self, tokenize_strategy):
+        return [tokenize_strategy.tokenizer]
+
+    def all_reduce_network(self, accelerator, network):
+        for param in network.parameters():
+            if param.grad is not None:
+                param.grad = accelerator.reduce(param.grad, reduction="mean")
+
+    def sample_images(self, accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet):
+        train_util.sample_images(accelerator, args, epoch, global_step, device, vae, tokenizers[0], text_encoder, unet)
+
+    def post_process_network(self, args, accelerator, network, text_encoders, unet):
+        pass
+
+    def on_step_start(self, args, accelerator, network, text_encoders, unet, batch, weight_dtype, is_train=True):
+        pass
+
+    def on_validation_step_end(self, args, accelerator, network, text_encoders, unet, batch, weight_dtype):
+        pass
+
+    def process_batch(self, batch, text_encoders, unet, network, vae, noise_scheduler, vae_dtype, weight_dtype, accelerator, args,
+                      text_encoding_strategy, tokenize_strategy, is_train=True, train_text_encoder=True, train_unet=True):
+        with torch.set_grad_enabled(is_train):
+            pred = network(batch["x"])
+            return torch.nn.functional.mse_loss(pred, batch["y"])
+
+    def train(self, args):
+        session_id = random.randint(0, 2**32)
+        training_started_at = time.time()
+        if args.seed is not None:
+            torch.manual_seed(args.seed)
+            random.seed(args.seed)
+
+        dataset = _Dataset(args.train_data_dir)
+        accelerator = train_util.prepare_accelerator(args)
+        is_main_process = accelerator.is_main_process
+        weight_dtype = torch.float32
+        save_dtype = torch.float32 if args.save_precision == "float" else None
+
+        model_version, text_encoder, vae, unet = self.load_target_model(args, weight_dtype, accelerator)
+        tokenize_strategy = self.get_tokenize_strategy(args)
+        tokenizers = self.get_tokenizers(tokenize_strategy)
+        text_encoders = [text_encoder]
+
+        network_module = importlib.import_module(args.network_module)
+        network = network_module.create_network(1.0, args.network_dim, args.network_alpha, vae, text_encoder, unet)
+        network.apply_to(text_encoder, unet, True, True)
+        self.post_process_network(args, accelerator, network, text_encoders, unet)
+
+        params, lr_descriptions = network.prepare_optimizer_params(args.text_encoder_lr, args.unet_lr, args.learning_rate)
+        optimizer = torch.optim.AdamW(params, lr=args.learning_rate)
+        train_dataloader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=False)
+        if args.max_train_epochs is not None:
+            args.max_train_steps = args.max_train_epochs * math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        network, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(network, optimizer, train_dataloader, lr_scheduler)
+        unet.to(accelerator.device)
+
+        if args.resume:
+            accelerator.load_state(args.resume)
+
+        num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+        num_train_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
+        if args.save_n_epoch_ratio is not None and args.save_n_epoch_ratio > 0:
+            args.save_every_n_epochs = math.floor(num_train_epochs / args.save_n_epoch_ratio) or 1
+
+        metadata = {
+            "ss_session_id": str(session_id), "ss_training_started_at": str(training_started_at),
+            "ss_output_name": str(args.output_name), "ss_learning_rate": str(args.learning_rate),
+            "ss_num_train_images": str(len(dataset)), "ss_max_train_steps": str(args.max_train_steps),
+            "ss_network_module": args.network_module, "ss_network_dim": str(args.network_dim),
+            "ss_base_model_version": model_version,
+        }
+        minimum_metadata = {k: metadata[k] for k in ("ss_network_module", "ss_network_dim", "ss_base_model_version")}
+
+        global_step = 0
+        epoch_to_start = 0
+        train_util.init_trackers(accelerator, args, "network_train")
+        losses: list[float] = []
+
+        def save_model(ckpt_name, unwrapped_nw, steps, epoch_no, force_sync_upload=False):
+            os.makedirs(args.output_dir, exist_ok=True)
+            ckpt_file = os.path.join(args.output_dir, ckpt_name)
+            accelerator.print(f"\nsaving checkpoint: {ckpt_file}")
+            metadata["ss_training_finished_at"] = str(time.time())
+            metadata["ss_steps"] = str(steps)
+            metadata["ss_epoch"] = str(epoch_no)
+            unwrapped_nw.save_weights(ckpt_file, save_dtype, minimum_metadata if args.no_metadata else metadata)
+
+        def remove_model(old_ckpt_name):
+            old = os.path.join(args.output_dir, old_ckpt_name)
+            if os.path.exists(old):
+                accelerator.print(f"removing old checkpoint: {old}")
+                os.remove(old)
+
+        net = accelerator.unwrap_model(network)
+        on_step_start_for_network = getattr(net, "on_step_start", lambda *a, **k: None)
+
+        # --sample_at_first, then one empty log so wandb commits the samples
+        self.sample_images(accelerator, args, 0, global_step, accelerator.device, vae, tokenizers, text_encoder, unet)
+        is_tracking = len(accelerator.trackers) > 0
+        if is_tracking:
+            accelerator.log({}, step=0)
+
+        for epoch in range(epoch_to_start, num_train_epochs):
+            accelerator.print(f"\nepoch {epoch + 1}/{num_train_epochs}\n")
+            metadata["ss_epoch"] = str(epoch + 1)
+            accelerator.unwrap_model(network).on_epoch_start(text_encoder, unet)
+
+            for step, batch in enumerate(train_dataloader):
+                with accelerator.accumulate(network):
+                    on_step_start_for_network(text_encoder, unet)
+                    self.on_step_start(args, accelerator, network, text_encoders, unet, batch, weight_dtype, is_train=True)
+                    loss = self.process_batch(batch, text_encoders, unet, network, vae, None, weight_dtype, weight_dtype,
+                                              accelerator, args, None, tokenize_strategy, is_train=True)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        self.all_reduce_network(accelerator, network)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+
+                if accelerator.sync_gradients:
+                    global_step += 1
+                    self.sample_images(accelerator, args, None, global_step, accelerator.device, vae, tokenizers, text_encoder, unet)
+                    if args.save_every_n_steps is not None and global_step % args.save_every_n_steps == 0:
+                        accelerator.wait_for_everyone()
+                        if accelerator.is_main_process:
+                            save_model(train_util.get_step_ckpt_name(args, "." + args.save_model_as, global_step),
+                                       accelerator.unwrap_model(network), global_step, epoch)
+                            remove_no = train_util.get_remove_step_no(args, global_step)
+                            if remove_no is not None:
+                                remove_model(train_util.get_step_ckpt_name(args, "." + args.save_model_as, remove_no))
+
+                current_loss = loss.detach().item()
+                losses.append(current_loss)
+                avr_loss = sum(losses[-len(train_dataloader):]) / len(losses[-len(train_dataloader):])
+                if is_tracking:
+                    logs = self.generate_step_logs(args, current_loss, avr_loss, lr_scheduler, lr_descriptions, optimizer)
+                    self.step_logging(accelerator, logs, global_step, epoch + 1)
+
+                if global_step >= args.max_train_steps:
+                    break
+
+            if is_tracking:
+                self.epoch_logging(accelerator, {"loss/epoch_average": sum(losses) / max(1, len(losses))}, global_step, epoch + 1)
+            accelerator.wait_for_everyone()
+
+            if args.save_every_n_epochs is not None:
+                saving = (epoch + 1) % args.save_every_n_epochs == 0 and (epoch + 1) < num_train_epochs
+                if is_main_process and saving:
+                    save_model(train_util.get_epoch_ckpt_name(args, "." + args.save_model_as, epoch + 1),
+                               accelerator.unwrap_model(network), global_step, epoch + 1)
+                    remove_no = train_util.get_remove_epoch_no(args, epoch + 1)
+                    if remove_no is not None:
+                        remove_model(train_util.get_epoch_ckpt_name(args, "." + args.save_model_as, remove_no))
+
+            self.sample_images(accelerator, args, epoch + 1, global_step, accelerator.device, vae, tokenizers, text_encoder, unet)
+
+        metadata["ss_training_finished_at"] = str(time.time())
+        if is_main_process:
+            network = accelerator.unwrap_model(network)
+        accelerator.end_training()
+        if is_main_process and (args.save_state or args.save_state_on_train_end):
+            train_util.save_state_on_train_end(args, accelerator)
+        if is_main_process:
+            save_model(train_util.get_last_ckpt_name(args, "." + args.save_model_as), network, global_step, num_train_epochs, force_sync_upload=True)
+            print("model saved.", flush=True)
+
+
+def setup_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    a = p.add_argument
+    a("--config_file", type=str, default=None)
+    a("--output_config", action="store_true")
+    a("--pretrained_model_name_or_path", type=str, default=None)
+    a("--tokenizer_cache_dir", type=str, default=None)
+    a("--train_data_dir", type=str, default=None)
+    a("--dataset_config", type=str, default=None)
+    a("--reg_data_dir", type=str, default=None)
+    a("--caption_extension", type=str, default=".caption")
+    a("--resolution", type=str, default=None)
+    a("--enable_bucket", action="store_true")
+    a("--output_dir", type=str, default=None)
+    a("--output_name", type=str, default=None)
+    a("--save_model_as", type=str, default="safetensors", choices=[None, "ckpt", "pt", "safetensors"])
+    a("--save_precision", type=str, default=None, choices=[None, "float", "fp16", "bf16"])
+    a("--save_every_n_steps", type=int, default=None)
+    a("--save_every_n_epochs", type=int, default=None)
+    a("--save_n_epoch_ratio", type=int, default=None)
+    a("--save_last_n_steps", type=int, default=None)
+    a("--save_last_n_epochs", type=int, default=None)
+    a("--save_state", action="store_true")
+    a("--save_state_on_train_end", action="store_true")
+    a("--resume", type=str, default=None)
+    a("--no_metadata", action="store_true")
+    a("--train_batch_size", type=int, default=1)
+    a("--max_train_steps", type=int, default=1600)
+    a("--max_train_epochs", type=int, default=None)
+    a("--max_data_loader_n_workers", type=int, default=8)
+    a("--gradient_accumulation_steps", type=int, default=1)
+    a("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"])
+    a("--seed", type=int, default=None)
+    a("--learning_rate", type=float, default=1e-4)
+    a("--unet_lr", type=float, default=None)
+    a("--text_encoder_lr", type=float, default=None)
+    a("--optimizer_type", type=str, default="AdamW")
+    a("--network_module", type=str, default=None)
+    a("--network_dim", type=int, default=None)
+    a("--network_alpha", type=float, default=1)
+    a("--sample_every_n_steps", type=int, default=None)
+    a("--sample_every_n_epochs", type=int, default=None)
+    a("--sample_at_first", action="store_true")
+    a("--sample_prompts", type=str, default=None)
+    a("--sample_sampler", type=str, default="ddim")
+    a("--logging_dir", type=str, default=None)
+    a("--log_with", type=str, default=None, choices=["tensorboard", "wandb", "all"])
+    a("--log_prefix", type=str, default=None)
+    a("--log_tracker_name", type=str, default=None)
+    a("--wandb_run_name", type=str, default=None)
+    a("--ddp_timeout", type=float, default=None, help="minutes (sd-scripts: int; float here so CI can use seconds)")
+    a("--standin_faces", type=str, default=None, help="stand-in only: folder of face PNGs the fake sampler draws from")
+    return p
+
+
+if __name__ == "__main__":
+    parser = setup_parser()
+
+    args = parser.parse_args()
+    train_util.verify_command_line_training_args(args)
+    args = train_util.read_config_from_file(args, parser)
+
+    trainer = NetworkTrainer()
+    trainer.train(args)

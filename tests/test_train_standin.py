@@ -1,0 +1,158 @@
+"""The extension inside the stand-in sd-scripts loop (tests/standin), end to end, in subprocesses."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("standin_harness", Path(__file__).parent / "standin" / "harness.py")
+h = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(h)
+
+
+def _fake(root: Path, script: str) -> dict:
+    return {"FAKE_SCORES": script, "FAKE_COUNTER": str(root / "counter")}
+
+
+def _ok(proc) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _board(root: Path) -> list[dict]:
+    return json.loads((root / "out" / "consistency" / "leaderboard.json").read_text())["evaluations"]
+
+
+def _steps(trace: list[dict]) -> list[int]:
+    """Optimizer steps the loop ran (the sample hook follows every one, with epoch None)."""
+    return [t["step"] for t in trace if t["hook"] == "sample_images" and t["epoch"] is None and t["step"] > 0]
+
+
+def test_tensorboard_and_wandb_get_consistency_at_the_loss_steps(tmp_path, tadne_tiles):
+    """Real nvxs scoring; TensorBoard at step=global_step, wandb with global_step in the row and
+    no step argument; summary, config, landmark grid; the best copy's metadata names its step."""
+    h.make_dataset(tmp_path, 8, tadne_tiles[:8], size=128)
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    from PIL import Image
+
+    for i in range(8, 12):
+        Image.fromarray(tadne_tiles[i]).resize((128, 128)).save(faces / f"{i:02d}.png")
+    args = h.base_args(tmp_path, steps=4, save_every=2) + [
+        "--resolution", "128", "--logging_dir", str(tmp_path / "logs"), "--log_with", "all", "--standin_faces", str(faces),
+        "--consistency", "--consistency_backend", "nvxs"]
+    proc = h.run_trainer(tmp_path, args)
+    _ok(proc)
+    tb = h.read_tensorboard(tmp_path / "logs")
+    loss_steps = {s for s, _ in tb["loss/average"]}
+    score_steps = sorted(s for s, _ in tb["consistency/score"])
+    assert score_steps == [2, 4] and set(score_steps) <= loss_steps
+    assert {s for s, _ in tb["consistency/detection_rate"]} == {2, 4}
+    assert any(k.endswith("_diff_pct") for k in tb) and any(k.endswith("_z") for k in tb)
+    assert sorted(s for s, _ in tb["image:consistency/landmarks"]) == [2, 4]
+
+    run_file = next((tmp_path / "logs").glob("*/wandb/offline-run-*/run-*.wandb"))
+    history, summary, config = h.read_wandb(run_file)
+    scored = [r for r in history if "consistency/score" in r]
+    assert [r["global_step"] for r in scored] == [2, 4]
+    assert all("global_step" in r for r in history if "loss/current" in r)
+    board = _board(tmp_path)
+    best = next(r for r in board if r["is_best"])
+    assert summary["consistency/best_score"] == pytest.approx(best["score"]) and summary["consistency/best_step"] == best["kohya_step"]
+    assert config["consistency_backend"] == "nvxs"
+    assert [r["status"] for r in board] == ["ok", "ok"] and all(0 <= r["score"] <= 1 for r in board)
+
+    from kohya_ext.training.best import read_metadata
+
+    meta = read_metadata(tmp_path / "out" / "tiny-best.safetensors")
+    assert meta["kohya_ext_consistency_step"] == str(best["cum_step"]) == meta["ss_steps"]
+    run = json.loads((tmp_path / "out" / "consistency" / "run.json").read_text())
+    assert Path(run["tensorboard_dir"]).is_dir() and str(tmp_path / "logs") in run["tensorboard_dir"]
+    assert (tmp_path / "out" / "consistency" / "eval-00000002" / "overlay_grid.png").is_file()
+    assert not list((tmp_path / "out" / "sample").glob("*")) if (tmp_path / "out" / "sample").exists() else True
+    assert "best consistency" in proc.stdout
+
+
+def test_scorer_raise_segfault_and_hang_do_not_stop_training(tmp_path):
+    h.make_dataset(tmp_path, 4)
+    args = h.base_args(tmp_path, steps=8, save_every=2) + [
+        "--consistency", "--consistency_scorer", "fake_scorers:scripted", "--consistency_timeout", "3"]
+    proc = h.run_trainer(tmp_path, args, env=_fake(tmp_path, "raise,segv,hang,0.7"))
+    _ok(proc)
+    board = _board(tmp_path)
+    assert [r["status"] for r in board] == ["failed", "failed", "failed", "ok"]
+    assert "RuntimeError" in board[0]["error"] and "SIGSEGV" in board[1]["error"] and "deadline" in board[2]["error"]
+    assert board[3]["is_best"] and board[3]["checkpoint"] == "tiny-step00000008.safetensors"
+    assert _steps(h.read_trace(tmp_path / "trace.jsonl")) == list(range(1, 9))
+    from kohya_ext.training.best import read_metadata
+
+    assert read_metadata(tmp_path / "out" / "tiny.safetensors")["ss_steps"] == "8"
+
+
+def test_early_stop_exact_step_and_best_copy_survives_rotation(tmp_path):
+    """Patience 2 stops at the 4th evaluation (step 8, mid-epoch): no optimizer step after it, the
+    final file holds step 8, and the best copy (step 4, rotated away by --save_last_n_steps) stays."""
+    h.make_dataset(tmp_path, 6)
+    args = h.base_args(tmp_path, steps=30, save_every=2) + [
+        "--save_last_n_steps", "2", "--logging_dir", str(tmp_path / "logs"), "--log_with", "tensorboard",
+        "--consistency", "--consistency_scorer", "fake_scorers:scripted", "--consistency_patience", "2"]
+    proc = h.run_trainer(tmp_path, args, env=_fake(tmp_path, "0.5,0.8,0.6,0.55,0.9,0.9"))
+    _ok(proc)
+    trace = h.read_trace(tmp_path / "trace.jsonl")
+    assert _steps(trace) == list(range(1, 9))
+    assert max(t["step"] for t in trace if t["hook"] == "step_logging") == 8
+    board = _board(tmp_path)
+    assert [r["kohya_step"] for r in board] == [2, 4, 6, 8] and board[-1]["stop"] and board[-1]["stop_reason"] == "patience_exhausted"
+    out = tmp_path / "out"
+    assert not (out / "tiny-step00000004.safetensors").exists()  # rotated away by kohya
+    from kohya_ext.training.best import read_metadata
+
+    best = read_metadata(out / "tiny-best.safetensors")
+    assert best["kohya_ext_consistency_step"] == "4" == best["ss_steps"] and float(best["kohya_ext_consistency_score"]) == 0.8
+    final = read_metadata(out / "tiny.safetensors")
+    assert final["ss_steps"] == "8" and "patience" in final["kohya_ext_early_stop"]
+    tb = h.read_tensorboard(tmp_path / "logs")
+    assert max(s for s, _ in tb["loss/average"]) == 8
+    assert "early stop at step 8" in proc.stdout
+
+
+def test_two_gloo_processes_stop_at_the_same_step_despite_a_hang(tmp_path):
+    """Two ranks, a short collective timeout (15 s): the hung scoring is killed at its deadline
+    (capped at half the timeout) while rank 1 waits, and both ranks stop at step 8."""
+    h.make_dataset(tmp_path, 12)
+    args = h.base_args(tmp_path, steps=16, save_every=2) + [
+        "--ddp_timeout", "0.25", "--consistency", "--consistency_scorer", "fake_scorers:scripted",
+        "--consistency_patience", "2", "--consistency_timeout", "60"]
+    proc = h.run_trainer(tmp_path, args, env=_fake(tmp_path, "0.5,hang,0.4,0.3"), nproc=2)
+    _ok(proc)
+    t0 = h.read_trace(tmp_path / "trace.jsonl")
+    t1 = h.read_trace(tmp_path / "trace.jsonl.rank1")
+    assert _steps(t0) == _steps(t1) == list(range(1, 9))
+    assert [t for t in t0 if t["hook"] == "train_end"][0]["step"] == [t for t in t1 if t["hook"] == "train_end"][0]["step"] == 8
+    board = _board(tmp_path)
+    assert [r["status"] for r in board] == ["ok", "failed", "ok", "ok"] and "7.5 s deadline" in board[1]["error"]
+    assert "early stop at step 8" in proc.stdout
+
+
+def test_reference_without_faces_fails_before_the_first_step(tmp_path):
+    h.make_dataset(tmp_path, 4)  # flat grey pictures: no face anywhere
+    proc = h.run_trainer(tmp_path, h.base_args(tmp_path) + ["--consistency", "--consistency_backend", "nvxs"])
+    assert proc.returncode == 2
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("kohya-ext: error:")]
+    assert len(err) == 1 and "face" in err[0]
+    assert not [t for t in h.read_trace(tmp_path / "trace.jsonl") if t["hook"] == "sample_images"]
+    assert not list((tmp_path / "out").glob("*.safetensors"))
+
+
+def test_help_group_toml_keys_and_clear_errors(tmp_path):
+    h.make_dataset(tmp_path, 4)
+    proc = h.run_trainer(tmp_path, ["--help"])
+    assert proc.returncode == 0 and "kohya-ext consistency:" in proc.stdout and "--consistency_patience" in proc.stdout
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text('[consistency]\nconsistency = true\nconsistency_patience = "soon"\n')
+    proc = h.run_trainer(tmp_path, h.base_args(tmp_path) + ["--config_file", str(cfg)])
+    assert proc.returncode == 2 and "consistency_patience" in proc.stderr and "'soon'" in proc.stderr
+    proc = h.run_trainer(tmp_path, ["nope_train_network.py"], env={"KOHYA_SD_SCRIPTS": str(tmp_path)})
+    assert proc.returncode == 2 and "KOHYA_SD_SCRIPTS" in proc.stderr

@@ -1,0 +1,149 @@
+"""Pure parts of the training integration: options, stop decision, leaderboard, prompts, worker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from kohya_ext.errors import KohyaExtError
+from kohya_ext.training.early_stop import EarlyStopState, StopConfig, StopReason, decide
+from kohya_ext.training.leaderboard import Leaderboard
+from kohya_ext.training.options import add_arguments, from_args
+from kohya_ext.training.prompts import fix_prompts, load_prompt_file, parse_prompt_line
+from kohya_ext.training.worker import ScoringWorker
+
+
+def _parse(argv: list[str], **toml) -> argparse.Namespace:
+    """argv over TOML values, the way sd-scripts merges them (TOML skips type checks)."""
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(argv, namespace=argparse.Namespace(**toml))
+
+
+def test_flags_from_command_line_and_toml():
+    o = from_args(_parse(["--consistency", "--consistency_patience", "3"], consistency_min_delta="0.01", consistency_target=0.9))
+    assert (o.enabled, o.patience, o.min_delta, o.target) == (True, 3, 0.01, 0.9)
+    # command line wins over TOML
+    assert from_args(_parse(["--consistency_warmup", "2"], consistency=True, consistency_warmup=5)).warmup == 2
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("consistency_patience", "three", "consistency_patience"),
+    ("consistency_patience", 0, "integer >= 1"),
+    ("consistency_target", 1.5, "<= 1.0"),
+    ("consistency_backend", "yolo", "one of auto, hrnet, nvxs"),
+    ("consistency_scorer", "nocolon", "MODULE:CALLABLE"),
+])
+def test_bad_values_name_the_key(key, value, fragment):
+    with pytest.raises(KohyaExtError, match=fragment) as e:
+        from_args(_parse([], consistency=True, **{key: value}))
+    assert key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_options_without_the_switch_are_an_error():
+    with pytest.raises(KohyaExtError, match="--consistency is off"):
+        from_args(_parse(["--consistency_patience", "2"]))
+    assert from_args(_parse([])).enabled is False
+
+
+def test_decide_patience_min_delta_warmup_target():
+    cfg = StopConfig(patience=2, min_delta=0.05, warmup=4)
+    s, seen = EarlyStopState(), []
+    for score in [0.5, 0.52, 0.53, 0.6, 0.61, 0.62]:
+        s, stop, reason, _ = decide(s, score, cfg)
+        seen.append((stop, reason))
+    # 0.52/0.53 are within min_delta of 0.5 (patience would be spent at eval 3, but warm-up holds the
+    # stop until eval 4); 0.6 improves; 0.61 and 0.62 do not beat it by 0.05 and exhaust patience
+    assert seen == [(False, StopReason.WARMUP)] * 3 + [(False, StopReason.IMPROVED), (False, StopReason.WAITING), (True, StopReason.PATIENCE)]
+    assert s.stopped and s.best == 0.6 and decide(s, 0.99, cfg)[1]  # a stopped state stays stopped
+    s2, stop, reason, msg = decide(EarlyStopState(), 0.95, StopConfig(target=0.9))
+    assert stop and reason is StopReason.TARGET and "0.9000" in msg
+
+
+def test_decide_failures_and_memorised_do_not_count():
+    cfg = StopConfig(patience=1)
+    s, _, _, _ = decide(EarlyStopState(), 0.5, cfg)
+    s, stop, reason, _ = decide(s, None, cfg)
+    assert not stop and reason is StopReason.FAILED and s.wait == 0
+    s, stop, _, _ = decide(s, 0.9, cfg, eligible=False)  # memorised: not an improvement
+    assert stop and s.best == 0.5
+    assert EarlyStopState.load_state_dict(json.loads(json.dumps(s.state_dict()))) == s
+
+
+def test_leaderboard_roundtrip_and_atomic(tmp_path, monkeypatch):
+    lb = Leaderboard(tmp_path)
+    lb.add({"status": "ok", "cum_step": 2, "kohya_step": 2, "score": 0.4, "is_best": True})
+    lb.add({"status": "ok", "cum_step": 4, "kohya_step": 4, "score": 0.6, "is_best": True})
+    lb.set_checkpoint(4, "x-step00000004.safetensors")
+    back = Leaderboard.load(tmp_path)
+    assert [r["is_best"] for r in back.rows] == [False, True] and back.best()["checkpoint"] == "x-step00000004.safetensors"
+    assert (tmp_path / "leaderboard.csv").read_text().splitlines()[0].startswith("eval,status,cum_step,kohya_step,epoch")
+    before = (tmp_path / "leaderboard.json").read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        lb.add({"status": "ok", "cum_step": 6, "score": 0.1})
+    assert (tmp_path / "leaderboard.json").read_bytes() == before  # an interrupted write leaves the old file
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_prompt_file_formats_and_fixed_seeds(tmp_path):
+    assert parse_prompt_line("sks girl --w 640 --h 512 --d 7 --n bad hands --l 6.5") == {
+        "prompt": "sks girl", "width": 640, "height": 512, "seed": 7, "negative_prompt": "bad hands", "scale": 6.5}
+    (tmp_path / "p.txt").write_text("# comment\nsks girl --d 5\nsks girl smiling\n")
+    fixed = fix_prompts(load_prompt_file(tmp_path / "p.txt"), seed=100, size=(64, 64))
+    assert [(p["seed"], p["width"]) for p in fixed] == [(5, 64), (101, 64)]
+    (tmp_path / "p.toml").write_text('[prompt]\nwidth = 96\n[[prompt.subset]]\nprompt = "a"\n[[prompt.subset]]\nprompt = "b"\nseed = 3\n')
+    assert [(p["prompt"], p["width"], p.get("seed")) for p in load_prompt_file(tmp_path / "p.toml")] == [("a", 96, None), ("b", 96, 3)]
+    with pytest.raises(KohyaExtError, match=r"\.txt, \.toml or \.json"):
+        (tmp_path / "p.csv").write_text("x")
+        load_prompt_file(tmp_path / "p.csv")
+
+
+def _counter_env(tmp_path, monkeypatch, script: str) -> None:
+    monkeypatch.setenv("FAKE_SCORES", script)
+    monkeypatch.setenv("FAKE_COUNTER", str(tmp_path / "counter"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "standin"))
+
+
+def test_worker_is_a_killable_process_and_restarts(tmp_path, monkeypatch):
+    """A hang is killed at the deadline (the process is gone, not a thread left running), a
+    segfault is reported, and the next job gets a fresh worker."""
+    from PIL import Image
+    import numpy as np
+
+    _counter_env(tmp_path, monkeypatch, "hang,segv,0.75")
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(img)
+    w = ScoringWorker({"scorer": "fake_scorers:scripted"}, deadline_s=2.0)
+    w.start()
+    w.wait_ready(60)
+    pid = w.pid
+    assert pid != os.getpid()
+    t0 = time.monotonic()
+    r = w.score({"paths": [str(img)], "out_dir": str(tmp_path)})
+    assert not r["ok"] and "deadline" in r["error"] and 1.9 < time.monotonic() - t0 < 10
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    r = w.score({"paths": [str(img)], "out_dir": str(tmp_path)})
+    assert not r["ok"] and "SIGSEGV" in r["error"]
+    r = w.score({"paths": [str(img)], "out_dir": str(tmp_path)})
+    assert r["ok"] and r["score"] == 0.75 and w.restarts == 2
+    w.close()
+
+
+def test_worker_reports_an_unusable_reference(tmp_path, monkeypatch):
+    _counter_env(tmp_path, monkeypatch, "0.5")
+    monkeypatch.setenv("FAKE_FAIL_AT_LOAD", "reference has no usable faces")
+    w = ScoringWorker({"scorer": "fake_scorers:scripted"}, deadline_s=5)
+    w.start()
+    with pytest.raises(KohyaExtError, match="no usable faces"):
+        w.wait_ready(60)
