@@ -22,6 +22,7 @@ setup(
         "kohya_ext",
         "kohya_ext.backends",
         "kohya_ext.training",
+        "kohya_ext.posthoc",
         "kohya_ext.callbacks",
         "kohya_ext.patches",
         "kohya_ext.presets",

@@ -77,6 +77,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default=None, help="the 6x6 portrait grid (default ../shared/data/tadne/grid.jpg, else downloaded)")
     p.add_argument("--lang", choices=LANGUAGES, default="en")
     _add_backend_args(p)
+
+    p = sub.add_parser("rank", parents=[common], help="rank the checkpoints of a finished run, best first (its leaderboard, or its sd-scripts samples)")
+    p.add_argument("output_dir", help="the run's --output_dir (holds sample/ or, trained with kohya-ext, consistency/)")
+    p.add_argument("--reference", "-r", default=None,
+                   help="training images: folder, train_data_dir, dataset config or ref.json (default: found from a config saved in OUTPUT_DIR)")
+    p.add_argument("--out", default=None, help="folder for rank's leaderboard.csv/json (default OUTPUT_DIR/kohya-ext-rank)")
+    p.add_argument("--output-name", default=None, help="whose samples to rank when sample/ holds several runs' (their --output_name)")
+    p.add_argument("--rescore", action="store_true", help="score sample/ even when the run has a kohya-ext leaderboard")
+    p.add_argument("--json", dest="json_out", action="store_true", help="print the ranking as JSON instead of a table")
+    _add_backend_args(p)
+
+    p = sub.add_parser("compare", parents=[common], help="several runs side by side: best step, best score, score at the last step")
+    p.add_argument("runs", nargs="+", help="run output folders (each ranked as `rank` does; rankings already written are reused)")
+    p.add_argument("--reference", "-r", default=None, help="training images for runs that need scoring (default: found per run)")
+    p.add_argument("--csv", dest="csv_out", default=None, help="also write the comparison as CSV")
+    p.add_argument("--rescore", action="store_true", help="rank every run again instead of reusing kohya-ext-rank/")
+    _add_backend_args(p)
+
+    p = sub.add_parser("report", parents=[common], help="one self-contained HTML page: curves, early stop, ratio bars, landmark grids")
+    p.add_argument("run_dir", help="the run's --output_dir")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
+    p.add_argument("--logging-dir", default=None, help="TensorBoard folder with the loss curves (default: from the run record or a saved config)")
+    p.add_argument("--reference", "-r", default=None, help="training images, when the run has not been ranked yet (see `rank`)")
+    _add_backend_args(p)
     return parser
 
 
@@ -133,7 +157,43 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def _rank_kwargs(args) -> dict:
+    return dict(backend=_spec(args), use_cache=not args.no_cache,
+                cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet)
+
+
+def cmd_rank(args) -> int:
+    from .posthoc.rank import format_table, rank_run
+
+    result = rank_run(args.output_dir, reference=args.reference, out_dir=args.out, output_name=args.output_name,
+                      rescore=args.rescore, **_rank_kwargs(args))
+    if args.json_out:
+        print(Path(result.folder, "leaderboard.json").read_text(encoding="utf-8"))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .posthoc.compare import compare_runs, format_comparison, write_csv
+
+    rows = compare_runs(args.runs, reference=args.reference, rescore=args.rescore, **_rank_kwargs(args))
+    print(format_comparison(rows))
+    if args.csv_out:
+        write_csv(rows, args.csv_out)
+    return EXIT_ERROR if any(d["source"] == "error" for d in rows) else 0  # the table still shows the others
+
+
+def cmd_report(args) -> int:
+    from .posthoc.report_html import write_report
+
+    path = write_report(args.run_dir, args.output, logging_dir=args.logging_dir, reference=args.reference, **_rank_kwargs(args))
+    print(f"report: {path}")
+    return 0
+
+
 COMMANDS = {"reference": cmd_reference, "score": cmd_score, "demo": cmd_demo}
+COMMANDS.update(rank=cmd_rank, compare=cmd_compare, report=cmd_report)
 
 
 def main(argv: list[str] | None = None) -> int:
