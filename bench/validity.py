@@ -5,11 +5,15 @@ Usage:
 
 One synthetic "character" per TADNE portrait. Every image variant is detected
 once with nvxs and cached under --cache (a rerun only re-analyses). Characters
-on even tiles tune the formula, odd tiles report it. Prints markdown tables:
-candidates (tune half), then for the shipped formula on both halves: pairwise
+on even tiles tune the formula, odd tiles report it. Ratios are recomputed from
+the cached points with the current formulas (kohya_ext.ratios), so a formula
+change needs no re-detection. Prints markdown tables: candidate ratio definitions
+and ratio sets for the warp targets, formula candidates (tune half), then for the
+shipped formula on both halves: pairwise
 AUC (same vs other character, reference and samples built from DIFFERENT
 benign variations), landmark-guided warp detection power, invariance to each
-benign variation, recolour detection and the memorisation gate.
+benign variation, recolour detection and the memorisation gate (whole-image,
+face-aligned and combined hashes).
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ from PIL import Image
 from kohya_ext.color import color_distances, face_colors, rgb_to_lab
 from kohya_ext.detection import ImageFaces
 from kohya_ext.measure import ImageMeasurement, measure_faces
-from kohya_ext.phash import hamming, phash, phash_mirror
-from kohya_ext.ratios import RATIO_NAMES, ExclusionRules
+from kohya_ext.phash import face_phash, face_phash_scaled, hamming, phash_mirror
+from kohya_ext.ratios import RATIO_NAMES, ExclusionRules, compute_ratios
 from kohya_ext.reference import POPULATION_STD, ReferenceStats
-from kohya_ext.report import compare
+from kohya_ext.report import MEMORIZATION_FACE_HAMMING, MEMORIZATION_HAMMING, compare, is_near_copy
 from kohya_ext.score import BACKEND_RATIO_WEIGHTS
 
 TILE = 512
@@ -101,6 +105,11 @@ SAMPLE_VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "rescale_0.85_jpeg_q60": lambda im: jpeg(rescale(im, 0.85), 60),
     "roll_-3_rescale_0.9": lambda im: rescale(roll(im, -3), 0.9),
 }
+#: Measured for invariance only (not in any reference or sample set): the cost of ratios that mix axes.
+INVARIANCE_ONLY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "stretch_h_5": lambda im: np.asarray(_pil(im).resize((round(im.shape[1] * 1.05), im.shape[0]), Image.Resampling.LANCZOS)),
+}
+ALL_VARIANTS = {**REF_VARIANTS, **SAMPLE_VARIANTS, **INVARIANCE_ONLY}
 #: Warped and recoloured samples go through these (the first sample block of 4).
 EDIT_SAMPLE_VARIANTS = tuple(SAMPLE_VARIANTS)[:4]
 
@@ -229,6 +238,49 @@ class Item:
     m: ImageMeasurement
     colors: dict | None  # kohya_ext.color.face_colors (Lab) or None
     nv_colors: dict | None  # nvxs nv_face_analyze (Lab of hair, mean eyes) or None
+    extra: dict[str, float] | None = None  # CANDIDATE_RATIOS, for usable faces
+
+
+def _lengths(points, box) -> dict[str, float]:
+    """Raw lengths of one nvxs face (px): eye distance, inner gap, mouth width, box side, heights below the eye line."""
+    p = np.asarray(points, dtype=np.float64)
+    ed = float(np.hypot(*(p[1] - p[0])))
+    x = (p[1] - p[0]) / ed
+    y = np.array([-x[1], x[0]])
+    v = lambda q: float((q - (p[0] + p[1]) / 2) @ y)
+    return {"ed": ed, "ic": float(np.hypot(*(p[3] - p[2]))), "mw": float(np.hypot(*(p[6] - p[5]))), "d": float(box[2] - box[0]),
+            "vn": v(p[4]), "vm": v(p[7]), "vc": v(p[8])}
+
+
+#: Ratio definitions tried for the warp targets (tune half): numerator / normaliser, from nvxs's points.
+#: W = box side d; H = eye line to chin; H_m = eye line to mouth centre. "(v2)" = shipped in FORMULA_VERSION 2.
+CANDIDATE_RATIOS: dict[str, Callable[[dict], float]] = {
+    "eye dist / W (v1)": lambda L: L["ed"] / L["d"],
+    "eye dist / H_m (v2)": lambda L: L["ed"] / L["vm"],
+    "eye dist / H": lambda L: L["ed"] / L["vc"],
+    "eye dist / v(nose)": lambda L: L["ed"] / L["vn"],
+    "eye dist / (v(nose)+H_m)": lambda L: L["ed"] / (L["vn"] + L["vm"]),
+    "inner gap / W (v1)": lambda L: L["ic"] / L["d"],
+    "inner gap / H_m (v2)": lambda L: L["ic"] / L["vm"],
+    "inner gap / H": lambda L: L["ic"] / L["vc"],
+    "mouth-chin / H (v1, v2)": lambda L: (L["vc"] - L["vm"]) / L["vc"],
+    "mouth-chin / eye dist": lambda L: (L["vc"] - L["vm"]) / L["ed"],
+    "mouth-chin / H_m": lambda L: (L["vc"] - L["vm"]) / L["vm"],
+    "mouth width / W (v1, v2)": lambda L: L["mw"] / L["d"],
+    "mouth width / eye dist": lambda L: L["mw"] / L["ed"],
+    "mouth width / H": lambda L: L["mw"] / L["vc"],
+}
+#: Across-character std of each candidate over the usable originals (the z floor for them), filled by main().
+CANDIDATE_POP: dict[str, float] = {}
+
+
+def value(i: Item, name: str) -> float:
+    """A ratio of a usable face: a shipped one (kohya_ext.ratios) or a CANDIDATE_RATIOS one."""
+    return i.extra[name] if name in CANDIDATE_RATIOS else i.m.ratios[name]
+
+
+def pop_std(name: str) -> float:
+    return CANDIDATE_POP[name] if name in CANDIDATE_RATIOS else POPULATION_STD["nvxs"][name]
 
 
 def _nv_lab(c: dict | None) -> dict | None:
@@ -255,6 +307,8 @@ class Store:
             if d.get("identity") == self.identity:
                 self.data = d["items"]
         self.detected = 0
+        self.memo: dict[str, Item] = {}
+        self.dirty = False
 
     def image(self, tile: int, key: str) -> np.ndarray:
         """The image a key names: '<variant>', 'warp:<name>/<variant>' or 'recolor:<part>/<variant>'."""
@@ -269,8 +323,7 @@ class Store:
                 base = recolor(base, pts, name, self.get(tile, "orig").colors)
         else:
             variant = key
-        fn = REF_VARIANTS.get(variant) or SAMPLE_VARIANTS[variant]
-        return np.ascontiguousarray(fn(base))
+        return np.ascontiguousarray(ALL_VARIANTS[variant](base))
 
     def ensure(self, wanted: list[tuple[int, str]], chunk: int = 24) -> None:
         todo = [(t, k) for t, k in wanted if f"{t}|{k}" not in self.data]
@@ -288,11 +341,41 @@ class Store:
             print(f"  detected {self.detected}/{len(todo)}", file=sys.stderr, flush=True)
 
     def get(self, tile: int, key: str) -> Item:
+        """The measurement of one image; ratios recomputed from the cached points with the current formulas."""
         k = f"{tile}|{key}"
+        if k in self.memo:
+            return self.memo[k]
         if k not in self.data:
             self.ensure([(tile, key)])
         d = self.data[k]
-        return Item(ImageMeasurement.from_dict(d["m"]), d["colors"], d["nv"])
+        m = ImageMeasurement.from_dict(d["m"])
+        extra = None
+        if m.points is not None and m.status != "no_face":
+            rb = compute_ratios("nvxs", np.asarray(m.points)[None], np.ones((1, len(m.points))), np.asarray(m.face_box)[None], ExclusionRules())
+            reason = rb.face_excluded[0]
+            m.status = "ok" if reason is None else reason.replace(" ", "_")
+            m.ratios = {n: (float(rb.values[0, j]) if rb.valid[0, j] else None) for j, n in enumerate(RATIO_NAMES)}
+            if m.status == "ok":
+                L = _lengths(m.points, m.face_box)
+                extra = {n: fn(L) for n, fn in CANDIDATE_RATIOS.items()}
+        self.memo[k] = Item(m, d["colors"], d["nv"], extra)
+        return self.memo[k]
+
+    def face_hashes(self, tile: int, key: str) -> tuple[str, str, list[str] | None] | None:
+        """face_phash, its mirror and face_phash_scaled of one image (as measure.py stores them), computed once and cached."""
+        d = self.data[f"{tile}|{key}"]
+        if "fh2" not in d:
+            m = self.get(tile, key).m
+            im = self.image(tile, key) if m.points is not None else None
+            fh = face_phash(im, *np.asarray(m.points)[:2]) if im is not None else None
+            d["fh2"] = [*fh, face_phash_scaled(im, *np.asarray(m.points)[:2])] if fh else None
+            self.dirty = True
+        return tuple(d["fh2"]) if d["fh2"] else None
+
+    def save(self) -> None:
+        if self.dirty:
+            self.path.write_text(json.dumps({"identity": self.identity, "items": self.data}))
+            self.dirty = False
 
 
 # --- candidate formulas ----------------------------------------------------------------------------
@@ -320,8 +403,8 @@ class Formula:
             return math.inf, rate
         items = []
         for j, name in enumerate(self.ratios):
-            r = np.array([i.m.ratios[name] for i in r_ok])
-            s = np.array([i.m.ratios[name] for i in s_ok])
+            r = np.array([value(i, name) for i in r_ok])
+            s = np.array([value(i, name) for i in s_ok])
             c = np.median if self.center == "median" else np.mean
             diff = c(s) - c(r)
             if self.unit == "pct":
@@ -330,7 +413,7 @@ class Formula:
                 own = r.std(ddof=1) if len(r) > 1 else 0.0
                 if self.center == "median" and len(r) > 2:
                     own = 1.4826 * np.median(np.abs(r - np.median(r)))
-                z = diff / math.sqrt(own**2 + (self.floor * POPULATION_STD["nvxs"][name]) ** 2)
+                z = diff / math.sqrt(own**2 + (self.floor * pop_std(name)) ** 2)
             wt = self.weights[j] if self.weights else 1.0
             items.append((wt, min(abs(z), self.cap)))
         if self.color > 0:
@@ -415,16 +498,16 @@ def edit_power(half: Half, f, edit: str, n: int) -> float:
     return hits / total
 
 
-def ratio_moves(half: Half, edit: str) -> dict[str, float]:
+def ratio_moves(half: Half, edit: str, names: tuple[str, ...] = NVXS_RATIOS) -> dict[str, float]:
     """Mean paired % change of each ratio, edited vs unedited, over characters and the 4 edit variants."""
     out = {}
-    for name in NVXS_RATIOS:
+    for name in names:
         ch = []
         for a in half.chars:
             for v in EDIT_SAMPLE_VARIANTS:
-                p, e = half.store.get(a, v).m, half.store.get(a, f"{edit}/{v}").m
-                if p.status == "ok" and e.status == "ok":
-                    ch.append(100 * (e.ratios[name] - p.ratios[name]) / p.ratios[name])
+                p, e = half.store.get(a, v), half.store.get(a, f"{edit}/{v}")
+                if p.m.status == "ok" and e.m.status == "ok":
+                    ch.append(100 * (value(e, name) - value(p, name)) / value(p, name))
         out[name] = float(np.mean(ch)) if ch else float("nan")
     return out
 
@@ -447,52 +530,33 @@ def point_moves(half: Half, edit: str) -> tuple[float, float, float]:
     return tuple(np.mean(out, axis=0)) if out else (math.nan,) * 3
 
 
-def invariance(half: Half, variant: str) -> tuple[dict[str, tuple[float, float]], float]:
+def invariance(half: Half, variant: str, names: tuple[str, ...] = NVXS_RATIOS) -> tuple[dict[str, tuple[float, float]], float]:
     """Per ratio: set-mean drift of the variant vs the originals (%, in population-std units of the half), and detection rate."""
-    origs = [half.store.get(a, "orig").m for a in half.chars]
-    vars_ = [half.store.get(a, variant).m for a in half.chars]
-    pairs = [(o, v) for o, v in zip(origs, vars_) if o.status == "ok" and v.status == "ok"]
+    origs = [half.store.get(a, "orig") for a in half.chars]
+    vars_ = [half.store.get(a, variant) for a in half.chars]
+    pairs = [(o, v) for o, v in zip(origs, vars_) if o.m.status == "ok" and v.m.status == "ok"]
     out = {}
-    for name in NVXS_RATIOS:
-        o = np.array([p[0].ratios[name] for p in pairs])
-        v = np.array([p[1].ratios[name] for p in pairs])
-        sd = np.array([m.ratios[name] for m in origs if m.status == "ok"]).std(ddof=1)
+    for name in names:
+        o = np.array([value(p[0], name) for p in pairs])
+        v = np.array([value(p[1], name) for p in pairs])
+        sd = np.array([value(i, name) for i in origs if i.m.status == "ok"]).std(ddof=1)
         out[name] = (100 * (v.mean() - o.mean()) / o.mean(), (v.mean() - o.mean()) / sd)
-    return out, sum(v.status == "ok" for v in vars_) / len(vars_)
+    return out, sum(v.m.status == "ok" for v in vars_) / len(vars_)
 
 
-def noise_table(half: Half) -> dict[str, tuple[float, float]]:
+def noise_table(half: Half, names: tuple[str, ...] = NVXS_RATIOS) -> dict[str, tuple[float, float]]:
     """Per ratio: within-character std over all 16 benign variants (pooled) and the across-character std."""
     keys = tuple(REF_VARIANTS) + tuple(SAMPLE_VARIANTS)
     out = {}
-    for name in NVXS_RATIOS:
+    for name in names:
         within, means = [], []
         for a in half.chars:
-            v = np.array([i.m.ratios[name] for i in half.items(a, keys) if i.m.status == "ok"])
+            v = np.array([value(i, name) for i in half.items(a, keys) if i.m.status == "ok"])
             if len(v) > 2:
                 within.append(v.var(ddof=1))
                 means.append(v.mean())
         out[name] = (math.sqrt(np.mean(within)), float(np.std(means, ddof=1)))
     return out
-
-
-def face_phash(image: np.ndarray, box, context: float = 1.6, mirrored: bool = False) -> str:
-    """(Experiment, not shipped.) pHash of a square around a face box (side ``context`` x the box's larger side, edges replicated).
-
-    Whole-image hashes break under crops and pads (the content shifts); a hash of
-    the face's surroundings follows the face instead (docs/validity.md measures both).
-    """
-    img = np.asarray(image)
-    x0, y0, x1, y1 = (float(v) for v in box[:4])
-    side = context * max(x1 - x0, y1 - y0)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-    s = max(int(round(side)), 1)
-    h, w = img.shape[:2]
-    ys = np.clip(np.arange(top, top + s), 0, h - 1)
-    xs = np.clip(np.arange(left, left + s), 0, w - 1)
-    patch = np.ascontiguousarray(img[ys][:, xs])
-    return phash_mirror(patch) if mirrored else phash(patch)
 
 
 MEM_COPIES = {
@@ -501,57 +565,63 @@ MEM_COPIES = {
     "crop/pad": [k for k in REF_VARIANTS if "mirror" not in k and k != "orig"],
     "mirrored (+crop/pad)": [k for k in REF_VARIANTS if "mirror" in k],
 }
+MEM_KEYS = tuple(REF_VARIANTS) + tuple(SAMPLE_VARIANTS)
 
 
-def hashes(half: Half, kind: str) -> dict[tuple[int, str], str]:
-    """Hash of every (tile, variant) of the half: 'image' (stored whole-image pHash) or 'face' (face-crop pHash)."""
-    out = {}
+def _mem_measurement(half: Half, tile: int, key: str) -> ImageMeasurement:
+    """The measurement with its face-aligned hashes, as kohya_ext.measure keeps them."""
+    m = replace(half.store.get(tile, key).m)
+    fh = half.store.face_hashes(tile, key)
+    m.face_phash, m.face_phash_mirror, m.face_phash_scaled = fh if fh else (None, None, None)
+    return m
+
+
+def memorisation(half: Half, mode: str, thresholds=(8, 10, 12, 14)) -> dict[str, list[float]]:
+    """Per-image flag rates of kohya_ext.report.is_near_copy per threshold T, each character's training image = its original.
+
+    mode: "image" (whole-image hash <= T), "face" (face-aligned hash <= T) or
+    "either" (whole-image hash <= MEMORIZATION_HAMMING or face hash <= T: what compare() does).
+    """
+    ms = {(a, k): _mem_measurement(half, a, k) for a in half.tiles_all for k in MEM_KEYS}
+    refs = {}
     for a in half.tiles_all:
-        for k in tuple(REF_VARIANTS) + tuple(SAMPLE_VARIANTS):
-            m = half.store.get(a, k).m
-            if kind == "image":
-                out[(a, k)] = m.phash
-            elif m.face_box is not None:
-                out[(a, k)] = face_phash(half.store.image(a, k), m.face_box)
-    return out
+        m = ms[(a, "orig")]
+        face = [h for h in (m.face_phash, m.face_phash_mirror) if h] + (m.face_phash_scaled or [])
+        refs[a] = ([m.phash, phash_mirror(half.store.image(a, "orig"))], face)
 
+    def flagged(m: ImageMeasurement, a: int, t: int) -> bool:
+        img, face = refs[a]
+        if mode == "image":
+            return is_near_copy(m, img, None, max_bits=t)
+        if mode == "face":
+            return is_near_copy(m, [], face, max_face_bits=t)
+        return is_near_copy(m, img, face, max_bits=MEMORIZATION_HAMMING, max_face_bits=t)
 
-def reference_hashes(half: Half, kind: str) -> dict[int, list[str]]:
-    """Each character's training image (its original) hashed as is and mirrored."""
-    out = {}
-    for a in half.tiles_all:
-        m = half.store.get(a, "orig").m
-        im = half.store.image(a, "orig")
-        if kind == "image":
-            out[a] = [m.phash, phash_mirror(im)]
-        else:
-            out[a] = [face_phash(im, m.face_box), face_phash(im, m.face_box, mirrored=True)] if m.face_box else []
-    return out
-
-
-def memorisation(half: Half, kind: str, thresholds=(8, 10, 12, 14)) -> dict[str, list[float]]:
-    """Per-image flag rates (a copy of character A's image within T bits of A's training image) per threshold T."""
-    hs, refs = hashes(half, kind), reference_hashes(half, kind)
-
-    def flagged(h: str | None, ref: list[str], t: int) -> bool:
-        return h is not None and any(hamming(h, r) <= t for r in ref)
-
+    with_face = [a for a in half.tiles_all if refs[a][1]]
     out = {}
     for label, keys in MEM_COPIES.items():
-        out[f"copies: {label}"] = [float(np.mean([flagged(hs.get((a, k)), refs[a], t) for a in half.tiles_all for k in keys])) for t in thresholds]
-    keys = tuple(REF_VARIANTS) + tuple(SAMPLE_VARIANTS)
+        out[f"copies: {label}"] = [float(np.mean([flagged(ms[(a, k)], a, t) for a in half.tiles_all for k in keys])) for t in thresholds]
+    for label in ("crop/pad", "mirrored (+crop/pad)"):
+        out[f"copies: {label}, training image has a face"] = [
+            float(np.mean([flagged(ms[(a, k)], a, t) for a in with_face for k in MEM_COPIES[label]])) for t in thresholds
+        ]
     out["other characters (any variant)"] = [
-        float(np.mean([flagged(hs.get((b, k)), refs[a], t) for a in half.tiles_all for b in half.tiles_all if b != a for k in keys]))
+        float(np.mean([flagged(ms[(b, k)], a, t) for a in half.tiles_all for b in half.tiles_all if b != a for k in MEM_KEYS]))
         for t in thresholds
     ]
     return out
 
 
-def hamming_distribution(half: Half) -> tuple[np.ndarray, np.ndarray]:
-    ref_hash = {a: half.store.get(a, "orig").m.phash for a in half.tiles_all}
-    non_mirror = [k for k in tuple(REF_VARIANTS) + tuple(SAMPLE_VARIANTS) if "mirror" not in k]
-    same = np.array([hamming(half.store.get(a, k).m.phash, ref_hash[a]) for a in half.tiles_all for k in non_mirror])
-    other = np.array([hamming(half.store.get(b, "orig").m.phash, ref_hash[a]) for a in half.tiles_all for b in half.tiles_all if b != a])
+def hamming_distribution(half: Half, face: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Bits from each character's training image: its non-mirrored copies, and the other characters' originals."""
+    def h(a, k):
+        fh = half.store.face_hashes(a, k)
+        return (fh[0] if fh else None) if face else half.store.get(a, k).m.phash
+
+    ref_hash = {a: h(a, "orig") for a in half.tiles_all}
+    non_mirror = [k for k in MEM_KEYS if "mirror" not in k]
+    same = np.array([hamming(h(a, k), ref_hash[a]) for a in half.tiles_all for k in non_mirror if ref_hash[a] and h(a, k)])
+    other = np.array([hamming(h(b, "orig"), ref_hash[a]) for a in half.tiles_all for b in half.tiles_all if b != a and ref_hash[a] and h(b, "orig")])
     return same, other
 
 
@@ -575,6 +645,30 @@ def candidates() -> list[Formula]:
     return out
 
 
+#: Ratio sets compared for the warp targets (tune half), by CANDIDATE_RATIOS / shipped names.
+_E2N, _N2M, _MW, _CH = "eye_to_nose_ratio", "nose_to_mouth_ratio", "mouth_width_ratio", "chin_length_ratio"
+RATIO_SETS: dict[str, tuple[str, ...]] = {
+    "v1: eye spacings / W (shipped before)": ("eye dist / W (v1)", _E2N, _N2M, _MW, _CH, "inner gap / W (v1)"),
+    "eye dist / H_m, inner gap / W": ("eye dist / H_m (v2)", _E2N, _N2M, _MW, _CH, "inner gap / W (v1)"),
+    "eye dist / H, inner gap / W": ("eye dist / H", _E2N, _N2M, _MW, _CH, "inner gap / W (v1)"),
+    "eye dist / (v(nose)+H_m), inner gap / W": ("eye dist / (v(nose)+H_m)", _E2N, _N2M, _MW, _CH, "inner gap / W (v1)"),
+    "v2: eye spacings / H_m (shipped)": NVXS_RATIOS,
+    "eye dist / H, inner gap / H_m": ("eye dist / H", _E2N, _N2M, _MW, _CH, "inner gap / H_m (v2)"),
+    "eye spacings / H": ("eye dist / H", _E2N, _N2M, _MW, _CH, "inner gap / H"),
+    "eye spacings and mouth / H": ("eye dist / H", _E2N, _N2M, "mouth width / H", _CH, "inner gap / H"),
+    "v2 + mouth-chin / eye dist": NVXS_RATIOS + ("mouth-chin / eye dist",),
+    "v2, chin -> mouth-chin / eye dist": ("interocular_ratio", _E2N, _N2M, _MW, "mouth-chin / eye dist", "intercanthal_ratio"),
+}
+#: Score v2's ratio weights, for the "v1 ratios as shipped before" rows.
+V2_WEIGHTS_OLD_RATIOS = (0.42, 0.70, 1.0, 0.90, 0.66, 0.53)
+
+
+def snr_weights(noise: dict[str, tuple[float, float]], names: tuple[str, ...]) -> tuple[float, ...]:
+    """Across-character std / within-character std per ratio, scaled to max 1 (how score.py's weights are set)."""
+    snr = np.array([noise[n][1] / noise[n][0] for n in names])
+    return tuple(float(v) for v in np.round(snr / snr.max(), 2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", default=str(Path(__file__).resolve().parents[2] / "shared/data/tadne/grid.jpg"))
@@ -587,9 +681,11 @@ def main() -> None:
     n = len(tiles)
     store.ensure([(t, "orig") for t in range(n)])
     usable = [t for t in range(n) if store.get(t, "orig").m.status == "ok"]
-    wanted = [(t, k) for t in range(n) for k in tuple(REF_VARIANTS) + tuple(SAMPLE_VARIANTS)]
+    wanted = [(t, k) for t in range(n) for k in ALL_VARIANTS]
     wanted += [(t, f"{e}/{v}") for t in usable for e in [f"warp:{w}" for w in WARPS] + ["recolor:hair", "recolor:eyes"] for v in EDIT_SAMPLE_VARIANTS]
     store.ensure(wanted)
+    for name in CANDIDATE_RATIOS:  # the z floor of a candidate, like POPULATION_STD: its spread over all usable originals
+        CANDIDATE_POP[name] = float(np.std([value(store.get(t, "orig"), name) for t in usable], ddof=1))
     halves = {}
     for name, parity in (("tune (even tiles)", 0), ("report (odd tiles)", 1)):
         h = Half(name, [t for t in usable if t % 2 == parity], store)
@@ -598,58 +694,98 @@ def main() -> None:
     tune, rep = halves["tune (even tiles)"], halves["report (odd tiles)"]
     print(f"# kohya-ext metric validity (nvxs)\n\n{n} portraits, {len(usable)} with a usable face; "
           f"tune = {len(tune.chars)} characters (even tiles), report = {len(rep.chars)} (odd tiles).\n")
+    benign = tuple(REF_VARIANTS)[1:] + tuple(SAMPLE_VARIANTS)
 
-    # 1. per-ratio noise: within one character under benign variation vs across characters
-    print("## Ratio noise (tune half): within-character std over 16 benign variants vs across-character std\n")
+    # 1. ratio definitions for the warp targets: noise, invariance, and how far each warp moves them
+    print("## Ratio definitions (tune half)\n")
+    print("W = nvxs box side, H = eye line to chin, H_m = eye line to mouth centre. within / across = std within one character"
+          " over 16 benign variants / across characters; worst benign = worst set-mean drift over the 15 benign variations;"
+          " warp columns = mean paired % change; effect = mean |change| under eyes ±10 % in within-stds.\n")
+    cands = tuple(CANDIDATE_RATIOS)
+    cnoise = noise_table(tune, cands)
+    inv = {v: invariance(tune, v, cands)[0] for v in benign + tuple(INVARIANCE_ONLY)}
+    cmoves = {e: ratio_moves(tune, f"warp:{e}", cands) for e in ("eyes_-10%", "eyes_+10%", "chin_-10%", "chin_+10%", "mouth_-10%", "mouth_+10%")}
+    print("| ratio | mean | within | across | across / within | worst benign % / sd | h-stretch 5 % | eyes -10 % | eyes +10 % | chin -10 % | chin +10 % | mouth ±10 % | eyes effect |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in cands:
+        wi, ac = cnoise[c]
+        mean = float(np.mean([value(store.get(t, "orig"), c) for t in tune.chars]))
+        wp = max(abs(inv[v][c][0]) for v in benign)
+        wz = max(abs(inv[v][c][1]) for v in benign)
+        mv = {e: cmoves[e][c] for e in cmoves}
+        eff = (abs(mv["eyes_-10%"]) + abs(mv["eyes_+10%"])) / 2 / 100 * mean / wi
+        print(f"| {c} | {mean:.3f} | {wi:.4f} | {ac:.4f} | {ac / wi:.2f} | {wp:.1f} / {wz:.2f} | {inv['stretch_h_5'][c][0]:+.1f} | "
+              f"{mv['eyes_-10%']:+.1f} | {mv['eyes_+10%']:+.1f} | {mv['chin_-10%']:+.1f} | {mv['chin_+10%']:+.1f} | "
+              f"{mv['mouth_-10%']:+.1f} / {mv['mouth_+10%']:+.1f} | {eff:.2f} |")
+
+    # 2. ratio sets, each with its own SNR weights and colour weight 1 (as shipped)
+    print("\n## Ratio sets (tune half): SNR weights, colour weight 1; geometry-only AUC beside\n")
+    print("| ratio set | weights | AUC n=2 geometry | AUC n=4 geometry | AUC n=4 | eyes -10% | eyes +10% | eyes ±5% | chin -10% | chin +10% | mouth ±10% |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    set_rows = [(k, rs, snr_weights(noise_table(tune, rs), rs)) for k, rs in RATIO_SETS.items()]
+    for label, rs, w in set_rows:
+        g, c = Formula(label, ratios=rs, weights=w), Formula(label, ratios=rs, weights=w, color=1.0)
+        p = {e: edit_power(tune, c, f"warp:{e}", 4) for e in ("eyes_-10%", "eyes_+10%", "eyes_-5%", "eyes_+5%", "chin_-10%", "chin_+10%", "mouth_-10%", "mouth_+10%")}
+        print(f"| {label} | {', '.join(f'{x:g}' for x in w)} | {auc(tune, g, 2):.3f} | {auc(tune, g, 4):.3f} | {auc(tune, c, 4):.3f} | "
+              f"{p['eyes_-10%']:.2f} | {p['eyes_+10%']:.2f} | {(p['eyes_-5%'] + p['eyes_+5%']) / 2:.2f} | {p['chin_-10%']:.2f} | "
+              f"{p['chin_+10%']:.2f} | {(p['mouth_-10%'] + p['mouth_+10%']) / 2:.2f} |")
+
+    # 3. per-ratio noise of the shipped ratios -> the shipped weights
+    print("\n## Ratio noise (tune half, shipped formulas): within-character std over 16 benign variants vs across-character std\n")
     print("| ratio | within | across | across / within |\n|---|---|---|---|")
     noise = noise_table(tune)
     for name, (wi, ac) in noise.items():
         print(f"| {name} | {wi:.4f} | {ac:.4f} | {ac / wi:.2f} |")
-    snr = np.array([ac / wi for wi, ac in noise.values()])
-    snr_w = tuple(float(v) for v in np.round(snr / snr.max(), 2))
-    snr2_w = tuple(float(v) for v in np.round((snr / snr.max()) ** 2, 2))
+    snr_w = snr_weights(noise, NVXS_RATIOS)
+    snr2_w = tuple(round(v * v, 2) for v in snr_w)
     print(f"\nSNR weights (across/within, max 1): {dict(zip(NVXS_RATIOS, snr_w))}")
 
-    # 2. candidates on the tune half
+    # 4. formula candidates on the tune half (shipped ratios)
     prod = Production(store.identity)
-    cands = candidates()
-    cands += [Formula("SNR weights", weights=snr_w), Formula("SNR^2 weights", weights=snr2_w)]
-    cands += [Formula(f"v1 + colour w={c} ({src})", weights=V1_WEIGHTS, color=c, color_src=src) for c in (0.5, 1.0, 2.0) for src in ("regions", "nvxs")]
-    cands += [Formula(f"SNR weights + colour w={c} floor {fl}", weights=snr_w, color=c, color_floor=fl) for c in (0.5, 1.0) for fl in (5.0, 8.0, 12.0)]
-    print("\n## Candidates (tune half)\n")
+    cands_f = candidates()
+    cands_f += [Formula("SNR weights", weights=snr_w), Formula("SNR^2 weights", weights=snr2_w)]
+    cands_f += [Formula(f"v1 + colour w={c} ({src})", weights=V1_WEIGHTS, color=c, color_src=src) for c in (0.5, 1.0, 2.0) for src in ("regions", "nvxs")]
+    cands_f += [Formula(f"SNR weights + colour w={c} floor {fl}", weights=snr_w, color=c, color_floor=fl) for c in (0.5, 1.0) for fl in (5.0, 8.0, 12.0)]
+    print("\n## Candidates (tune half, shipped ratio formulas)\n")
     print("| formula | AUC n=2 | AUC n=4 | eyes ±10% n=4 | chin ±10% n=4 | mouth ±10% n=4 | hair recolour n=4 | iris recolour n=4 |\n|---|---|---|---|---|---|---|---|")
-    for f in cands + [prod]:
+    for f in cands_f + [prod]:
         pw = {k: np.mean([edit_power(tune, f, f"warp:{k}_{s}%", 4) for s in ("-10", "+10")]) for k in ("eyes", "chin", "mouth")}
         print(f"| {f.name} | {auc(tune, f, 2):.3f} | {auc(tune, f, 4):.3f} | {pw['eyes']:.2f} | {pw['chin']:.2f} | {pw['mouth']:.2f} | {edit_power(tune, f, 'recolor:hair', 4):.2f} | {edit_power(tune, f, 'recolor:eyes', 4):.2f} |")
 
-    # 3. the shipped formula on both halves
+    # 5. the shipped formula on both halves
     geom = Formula("geometry only (shipped weights)", weights=tuple(BACKEND_RATIO_WEIGHTS["nvxs"][r] for r in NVXS_RATIOS))
+    old = Formula("v1 ratios, score-v2 weights, colour", ratios=RATIO_SETS["v1: eye spacings / W (shipped before)"], weights=V2_WEIGHTS_OLD_RATIOS, color=1.0)
+    old_geo = Formula("v1 ratios, score-v2 weights", ratios=RATIO_SETS["v1: eye spacings / W (shipped before)"], weights=V2_WEIGHTS_OLD_RATIOS)
     for h in (tune, rep):
         print(f"\n## Shipped score, {h.name}\n")
-        print("| n per side | AUC shipped | AUC shipped weights, geometry only | AUC v1 (geometry only) |\n|---|---|---|---|")
+        print("| n per side | AUC shipped | AUC shipped, geometry only | AUC before (v1 ratios, score v2) | AUC before, geometry only |\n|---|---|---|---|---|")
         for k in (2, 4, 8):
-            print(f"| {k} | {auc(h, prod, k):.3f} | {auc(h, geom, k):.3f} | {auc(h, cands[0], k):.3f} |")
-        print("\n| edit | power n=2 | power n=4 | eye dist px % | mouth-chin px % | box side % | " + " | ".join(r.replace("_ratio", "") + " %" for r in NVXS_RATIOS) + " |")
-        print("|---|---|---|---|---|---|" + "---|" * len(NVXS_RATIOS))
+            print(f"| {k} | {auc(h, prod, k):.3f} | {auc(h, geom, k):.3f} | {auc(h, old, k):.3f} | {auc(h, old_geo, k):.3f} |")
+        print("\n| edit | power n=2 | power n=4 | power before n=4 | eye dist px % | mouth-chin px % | box side % | " + " | ".join(r.replace("_ratio", "") + " %" for r in NVXS_RATIOS) + " |")
+        print("|---|---|---|---|---|---|---|" + "---|" * len(NVXS_RATIOS))
         for e in [f"warp:{w}" for w in WARPS] + ["recolor:hair", "recolor:eyes"]:
             mv = ratio_moves(h, e)
             px = point_moves(h, e)
-            print(f"| {e.split(':')[1]} | {edit_power(h, prod, e, 2):.2f} | {edit_power(h, prod, e, 4):.2f} | {px[0]:+.1f} | {px[1]:+.1f} | {px[2]:+.1f} | " + " | ".join(f"{mv[r]:+.1f}" for r in NVXS_RATIOS) + " |")
+            print(f"| {e.split(':')[1]} | {edit_power(h, prod, e, 2):.2f} | {edit_power(h, prod, e, 4):.2f} | {edit_power(h, old, e, 4):.2f} | {px[0]:+.1f} | {px[1]:+.1f} | {px[2]:+.1f} | " + " | ".join(f"{mv[r]:+.1f}" for r in NVXS_RATIOS) + " |")
         print("\n| benign variation | detected | worst |%| | worst |sd| | " + " | ".join(r.replace("_ratio", "") for r in NVXS_RATIOS) + " |")
         print("|---|---|---|---|" + "---|" * len(NVXS_RATIOS))
-        for v in tuple(REF_VARIANTS)[1:] + tuple(SAMPLE_VARIANTS):
-            inv, rate = invariance(h, v)
-            wp = max(abs(a) for a, _ in inv.values())
-            wz = max(abs(b) for _, b in inv.values())
-            print(f"| {v} | {rate:.2f} | {wp:.1f} | {wz:.2f} | " + " | ".join(f"{a:+.1f}% / {b:+.2f}" for a, b in inv.values()) + " |")
-        same, other = hamming_distribution(h)
-        print(f"\nphash Hamming bits: copies (non-mirrored) median {np.median(same):.0f}, 95th pct {np.percentile(same, 95):.0f}, max {same.max()}; "
-              f"other characters min {other.min()}, 5th pct {np.percentile(other, 5):.0f}, median {np.median(other):.0f}\n")
-        for kind in ("image", "face"):
-            print(f"| memorisation flag, {kind} pHash (+mirror) | <=8 bits | <=10 | <=12 | <=14 |\n|---|---|---|---|---|")
-            for k, v in memorisation(h, kind).items():
+        for v in benign + tuple(INVARIANCE_ONLY):
+            inv_v, rate = invariance(h, v)
+            wp = max(abs(a) for a, _ in inv_v.values())
+            wz = max(abs(b) for _, b in inv_v.values())
+            print(f"| {v} | {rate:.2f} | {wp:.1f} | {wz:.2f} | " + " | ".join(f"{a:+.1f}% / {b:+.2f}" for a, b in inv_v.values()) + " |")
+        print()
+        for face in (False, True):
+            same, other = hamming_distribution(h, face)
+            print(f"{'face-aligned' if face else 'whole-image'} pHash bits: copies (non-mirrored) median {np.median(same):.0f}, 95th pct {np.percentile(same, 95):.0f}, "
+                  f"max {same.max()}; other characters min {other.min()}, 5th pct {np.percentile(other, 5):.0f}, median {np.median(other):.0f}\n")
+        for mode, title in (("image", "whole-image pHash (+mirror) <= T"), ("face", "face-aligned pHash (+mirror) <= T"),
+                            ("either", f"whole-image <= {MEMORIZATION_HAMMING} OR face-aligned <= T (shipped T = {MEMORIZATION_FACE_HAMMING})")):
+            print(f"| memorisation flag: {title} | T=8 | 10 | 12 | 14 |\n|---|---|---|---|---|")
+            for k, v in memorisation(h, mode).items():
                 print(f"| {k} | " + " | ".join(f"{x:.3f}" for x in v) + " |")
             print()
+    store.save()
     print(f"\n{store.detected} images detected this run (the rest from {store.path}); {time.time() - t0:.0f} s")
 
 

@@ -18,14 +18,14 @@ from tqdm.auto import tqdm
 from .detection import Backend, Face, ImageFaces
 from .images import load_image
 from .errors import ImageError
-from .color import measure_colors
-from .phash import phash, phash_mirror
+from .color import eye_centers, measure_colors
+from .phash import face_phash, face_phash_scaled, phash, phash_mirror
 from .ratios import RATIO_NAMES, ExclusionRules, compute_ratios
 
 logger = logging.getLogger(__name__)
 
 #: Bump when what a measurement holds changes (keys the on-disk cache).
-MEASUREMENT_VERSION = 2
+MEASUREMENT_VERSION = 3
 
 #: Status of one image. Only "ok" images contribute ratios.
 STATUSES = ("ok", "unreadable", "no_face", "face_too_small", "face_too_turned", "degenerate_landmarks")
@@ -52,6 +52,12 @@ class ImageMeasurement:
     ratios: dict[str, float | None] = field(default_factory=dict)
     phash: str | None = None
     phash_mirror: str | None = None
+    #: pHash of a window placed by the eyes (kohya_ext.phash.face_phash), and of its mirror:
+    #: survives crops and pads of a copied training image (docs/validity.md)
+    face_phash: str | None = None
+    face_phash_mirror: str | None = None
+    #: the same window hashed at kohya_ext.phash.FACE_REFERENCE_SCALES (+ mirrors): used when this image is a reference
+    face_phash_scaled: list[str] | None = None
     colors: dict[str, list[float]] | None = None
     width: int = 0
     height: int = 0
@@ -90,6 +96,11 @@ def measure_faces(
             m.point_scores = np.asarray(face.point_scores, dtype=float).round(4).tolist()
             m.mean_point_score = float(np.mean(face.point_scores))
             m.colors = measure_colors(backend_name, img, np.asarray(face.points))
+            eyes = eye_centers(backend_name, np.asarray(face.points))
+            fh = face_phash(img, *eyes)
+            if fh is not None:
+                m.face_phash, m.face_phash_mirror = fh
+                m.face_phash_scaled = face_phash_scaled(img, *eyes)
         out.append(m)
     if primaries:
         faces = [f for _, f in primaries]

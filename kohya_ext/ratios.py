@@ -10,6 +10,10 @@ normaliser, and its weak spots. Both share one frame:
     x = unit(E_r - E_l),  y = x rotated +90 deg (points down the face)
     v(P) = (P - M) . y    (height below the eye line)
     W  face width (horizontal normaliser),  H = v(chin) (vertical normaliser)
+
+nvxs only (formula version 2): the eye-spacing ratios are normalised by the
+eye-to-mouth height v(mouth) instead of W, because nvxs's W (its face-box side)
+follows the eyes and hid eye-spacing drift (docs/validity.md).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ RATIO_NAMES: tuple[str, ...] = (
 
 #: Bump when a formula, a threshold or an exclusion rule changes: measurements of
 #: different formula versions are never compared (and caches are keyed by it).
-FORMULA_VERSION = 1
+FORMULA_VERSION = 2
 
 # Points each ratio depends on (a ratio is excluded when any of them scores below
 # the point-score threshold). The eye centres and the frame use all eye points.
@@ -111,11 +115,14 @@ def _seven_ratios(
     canthus_left: torch.Tensor,
     canthus_right: torch.Tensor,
     brow_gap: torch.Tensor | None,
+    eyes_by_mouth_height: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The shared formulas, once the backend has named its anchor points (all (N, 2), float64).
 
     ``brow_gap`` is an (N,) height (upper-lid apex minus brow, in px), or None when the
     backend has no brows (the column is then 0 and marked invalid by the caller).
+    ``eyes_by_mouth_height``: divide the eye spacings (interocular, intercanthal) by the
+    eye-to-mouth height v(mouth) instead of W (nvxs, whose W follows the eyes).
     """
     mid, x, y, eye_dist = _frame(eye_left, eye_right)
     height = _height(chin, mid, y)
@@ -123,20 +130,22 @@ def _seven_ratios(
     v_mouth = _height(mouth, mid, y)
     w = width.clamp_min(1e-9)
     h = height.clamp_min(1e-9)
+    eye_norm = v_mouth if eyes_by_mouth_height else width
+    e = eye_norm.clamp_min(1e-9)
     values = torch.stack(
         [
-            eye_dist / w,
+            eye_dist / e,
             v_nose / h,
             (v_mouth - v_nose) / h,
             (mouth_right - mouth_left).norm(dim=-1) / w,
             (height - v_mouth) / h,
             brow_gap / h if brow_gap is not None else torch.zeros_like(width),
-            (canthus_right - canthus_left).norm(dim=-1) / w,
+            (canthus_right - canthus_left).norm(dim=-1) / e,
         ],
         dim=1,
     )
     yaw = ((nose - mid) * x).sum(-1) / eye_dist.clamp_min(1e-9)
-    return values, {"width": width, "height": height, "yaw": yaw, "mid": mid, "y": y}
+    return values, {"width": width, "height": height, "eye_norm": eye_norm, "yaw": yaw, "mid": mid, "y": y}
 
 
 def hrnet_ratios(points: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -163,13 +172,16 @@ def nvxs_ratios(points: torch.Tensor, face_width: torch.Tensor) -> tuple[torch.T
     """Ratios from (N, 9) nvxs points (kohya_ext.landmarks.NVXS_POINTS) and the face box side.
 
     nvxs has no face contour, so W is the side of its square face box; it has no
-    brows, so eyebrow_height is 0 here and always marked invalid.
+    brows, so eyebrow_height is 0 here and always marked invalid. The box side is
+    picked on a 9.5 % scale grid and follows the eyes, so the eye spacings are divided
+    by the eye-to-mouth height instead (measured in docs/validity.md: a 10 % eye-spacing
+    warp moved interocular/W by 1-3 %, interocular/v(mouth) by ~3 %, with less benign noise).
     """
     p = points.to(torch.float64)
     width = face_width.to(torch.float64)
     values, diag = _seven_ratios(
         p[:, 0], p[:, 1], width, nose=p[:, 4], mouth=p[:, 7], mouth_left=p[:, 5], mouth_right=p[:, 6],
-        chin=p[:, 8], canthus_left=p[:, 2], canthus_right=p[:, 3], brow_gap=None,
+        chin=p[:, 8], canthus_left=p[:, 2], canthus_right=p[:, 3], brow_gap=None, eyes_by_mouth_height=True,
     )
     diag["asymmetry"] = torch.zeros_like(width)
     return values, diag
@@ -215,12 +227,13 @@ def compute_ratios(
     asym = diag["asymmetry"].numpy()
     width = diag["width"].numpy()
     height = diag["height"].numpy()
+    eye_norm = diag["eye_norm"].numpy()
     excluded: list[str | None] = []
     for i in range(n):
         size = float(np.sqrt(max(bw[i], 0) * max(bh[i], 0)))
         if size < rules.min_face_px:
             reason = "face too small"
-        elif not (width[i] > 1e-6 and height[i] > 1e-6) or not np.all(np.isfinite(values_np[i])):
+        elif not (width[i] > 1e-6 and height[i] > 1e-6 and eye_norm[i] > 1e-6) or not np.all(np.isfinite(values_np[i])):
             reason = "degenerate landmarks"
         elif abs(yaw[i]) > rules.max_nose_offset or abs(asym[i]) > rules.max_contour_asymmetry:
             reason = "face too turned"

@@ -38,12 +38,12 @@ REFERENCE_FORMAT_VERSION = 1
 #: 8% of the mean-face value of docs/ratios.md) and say so in docs/ratios.md.
 POPULATION_STD: dict[str, dict[str, float]] = {
     "nvxs": {
-        "interocular_ratio": 0.0417,
+        "interocular_ratio": 0.1189,
         "eye_to_nose_ratio": 0.0317,
         "nose_to_mouth_ratio": 0.0267,
         "mouth_width_ratio": 0.0373,
         "chin_length_ratio": 0.0292,
-        "intercanthal_ratio": 0.0312,
+        "intercanthal_ratio": 0.0834,
     },
     "hrnet": {
         "interocular_ratio": 0.045,

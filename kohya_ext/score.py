@@ -8,7 +8,7 @@ Contract (fixed; what goes inside is tuned by bench/validity.py, docs/validity.m
 - it is stored with its backend and formula version (`score_version`); scores of
   different backends or versions are never compared.
 
-Formula (v2): score = detection_rate * exp(-d^2 / 2), where d is the weighted
+Formula (v3, same form as v2 with nvxs's new eye-spacing ratios and weights): score = detection_rate * exp(-d^2 / 2), where d is the weighted
 mean of capped |z| over the measured ratios and, when both sides have colours,
 the hair and iris colour distances (kohya_ext.color.color_distances, also in
 spread units). Memorisation is NOT in the score: it is a separate gate
@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 #: Bump when the formula below changes.
-SCORE_VERSION = 2
+SCORE_VERSION = 3
 #: Per-face |z| are capped here so one wild ratio cannot dominate.
 Z_CAP = 3.0
 #: Default ratio weights (hrnet: NOT validated, the real weights are unavailable here;
@@ -37,17 +37,17 @@ RATIO_WEIGHTS: dict[str, float] = {
     "intercanthal_ratio": 1.0,
 }
 #: Per-backend weights, measured by bench/validity.py (tune half): across-character std over
-#: within-character std under benign variations, scaled to max 1. nvxs normalises horizontal
-#: lengths by its face-box side, which it picks on a 9.5 % scale grid, so the box-normalised
-#: interocular and intercanthal ratios carry more noise than identity and weigh least.
+#: within-character std under benign variations, scaled to max 1. Since FORMULA_VERSION 2 nvxs
+#: divides its eye spacings by the eye-to-mouth height (its box side followed the eyes), which
+#: made them its best-conditioned ratios (interocular 1.80, intercanthal 1.62; were 0.74, 0.93).
 BACKEND_RATIO_WEIGHTS: dict[str, dict[str, float]] = {
     "nvxs": {
-        "interocular_ratio": 0.42,
-        "eye_to_nose_ratio": 0.70,
-        "nose_to_mouth_ratio": 1.0,
-        "mouth_width_ratio": 0.90,
-        "chin_length_ratio": 0.66,
-        "intercanthal_ratio": 0.53,
+        "interocular_ratio": 1.0,
+        "eye_to_nose_ratio": 0.69,
+        "nose_to_mouth_ratio": 0.98,
+        "mouth_width_ratio": 0.88,
+        "chin_length_ratio": 0.64,
+        "intercanthal_ratio": 0.90,
     },
 }
 #: Weight of each colour part (hair, eyes) beside the ratio weights (docs/validity.md).

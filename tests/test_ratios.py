@@ -29,15 +29,16 @@ HRNET_EXPECTED = {
     "intercanthal_ratio": 32 / 100,
 }
 # nvxs: eye centres, inner eye-box edges, nose, mouth corners and centre, chin; W = box side 120.
+# Eye spacings are divided by the eye-to-mouth height v(mouth) = 63 (formula version 2), the rest as hrnet.
 NVXS_FACE = {0: (-27, 0), 1: (27, 0), 2: (-15, 0), 3: (15, 0), 4: (0, 33), 5: (-10, 63), 6: (10, 63), 7: (0, 63), 8: (0, 100)}
 NVXS_BOX = np.array([-60.0, -40.0, 60.0, 80.0])
 NVXS_EXPECTED = {
-    "interocular_ratio": 54 / 120,
+    "interocular_ratio": 54 / 63,
     "eye_to_nose_ratio": 33 / 100,
     "nose_to_mouth_ratio": 30 / 100,
     "mouth_width_ratio": 20 / 120,
     "chin_length_ratio": 37 / 100,
-    "intercanthal_ratio": 30 / 120,
+    "intercanthal_ratio": 30 / 63,
 }
 
 
@@ -72,6 +73,25 @@ def test_nvxs_known_answers_and_no_eyebrows():
             assert not rb.valid[0, j]
         else:
             assert rb.valid[0, j] and rb.values[0, j] == pytest.approx(NVXS_EXPECTED[name], abs=1e-9), name
+
+
+def test_nvxs_eye_spacing_ignores_the_face_box():
+    """nvxs's box follows the eyes, so the eye spacings must not depend on it (docs/validity.md);
+    they follow the eyes against the eye-to-mouth height instead."""
+    pts = _points(NVXS_FACE, 9)
+    io, ic, mw = (RATIO_NAMES.index(n) for n in ("interocular_ratio", "intercanthal_ratio", "mouth_width_ratio"))
+    base = _ratios("nvxs", pts, NVXS_BOX).values[0]
+    wider_box = _ratios("nvxs", pts, NVXS_BOX * 1.2).values[0]
+    assert wider_box[io] == pytest.approx(base[io]) and wider_box[ic] == pytest.approx(base[ic])
+    assert wider_box[mw] == pytest.approx(base[mw] / 1.2)  # mouth width stays box-normalised
+    apart = pts.copy()
+    apart[[0, 2], 0] -= 3.0  # image-left eye moves out by 3 px
+    apart[[1, 3], 0] += 3.0
+    moved = _ratios("nvxs", apart, NVXS_BOX).values[0]
+    assert moved[io] == pytest.approx(60 / 63) and moved[ic] == pytest.approx(36 / 63)
+    pts_up = pts.copy()
+    pts_up[7, 1] = -5.0  # mouth above the eye line: no usable eye-to-mouth height
+    assert _ratios("nvxs", pts_up, NVXS_BOX).face_excluded == ["degenerate landmarks"]
 
 
 def _similarity(pts, angle, scale, shift):

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kohya_ext.color import color_distances, face_colors, measure_colors, rgb_to_lab
+from kohya_ext.color import color_distances, face_colors, rgb_to_lab
 from kohya_ext.measure import ImageMeasurement, measure_arrays
-from kohya_ext.phash import hamming, phash, phash_mirror
+from kohya_ext.phash import face_phash, hamming, phash, phash_mirror
 from kohya_ext.ratios import ExclusionRules
 from kohya_ext.reference import ReferenceStats
-from kohya_ext.report import MEMORIZATION_HAMMING, compare, memorization_share
+from kohya_ext.report import MEMORIZATION_HAMMING, compare, memorization_share, reference_face_hashes, reference_hashes
 from kohya_ext.score import consistency_score
 
 pytest.importorskip("animeface", reason="nvxs needs the animeface wheel (Linux x86-64)")
@@ -30,6 +30,10 @@ bench = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("validity_bench", bench)  # dataclasses look their module up there
 _spec.loader.exec_module(bench)
 
+#: Floors from this small run's measured values with a margin of about one character:
+#: eye-spacing power 0.75 (9 of 12), copies flagged 0.94 (image hash alone: 0.83).
+FLOOR_EYE_POWER = 0.58
+FLOOR_COPIES_FLAGGED = 0.88
 #: Report-half (odd) tiles with a usable nvxs face, chosen before looking at their per-tile results.
 CHARACTERS = (1, 3, 5, 7, 9, 11)
 REF_KEYS = ("orig", "mirror", "crop_tl")  # reference side: mirror, crops
@@ -57,17 +61,13 @@ class Measured:
             kind, name = edit.split(":")
             pts = np.asarray(self.get([(tile, "orig")])[0].points, dtype=np.float64)
             base = bench.warp(base, pts, *bench.WARPS[name]) if kind == "warp" else bench.recolor(base, pts, name, face_colors(base, pts[0], pts[1]))
-        fn = bench.REF_VARIANTS.get(key) or bench.SAMPLE_VARIANTS[key]
-        return np.ascontiguousarray(fn(base))
+        return np.ascontiguousarray(bench.ALL_VARIANTS[key](base))
 
     def get(self, keys: list[tuple[int, str]]) -> list[ImageMeasurement]:
         todo = [k for k in dict.fromkeys(keys) if k not in self.done]
         if todo:
             images = [self.image(t, k) for t, k in todo]
-            for k, img, m in zip(todo, images, measure_arrays(self.backend, images)):
-                # colours and the mirrored hash are attached here until measure.py keeps them
-                m.colors = measure_colors("nvxs", img, np.asarray(m.points)) if m.points is not None else None
-                m.phash_mirror = phash_mirror(img)
+            for k, m in zip(todo, measure_arrays(self.backend, images)):
                 self.done[k] = m
         return [self.done[k] for k in keys]
 
@@ -111,12 +111,12 @@ def _auc(nvxs, measured, colors: bool) -> float:
 def test_same_character_outranks_other_characters(nvxs, measured):
     """Pairwise AUC with 3 + 3 images and different variation kinds per side.
 
-    Full benchmark, report half, n=4 (docs/validity.md): 0.98 shipped, 0.90 geometry only.
+    Full benchmark, report half, n=4 (docs/validity.md): 0.98 shipped, 0.93 geometry only.
     """
     with_color = _auc(nvxs, measured, colors=True)
     geometry = _auc(nvxs, measured, colors=False)
-    assert with_color >= 0.9, with_color
-    assert geometry >= 0.7, geometry
+    assert with_color >= 0.9, with_color  # measured here 0.97
+    assert geometry >= 0.8, geometry  # measured here 0.93 (0.7 floor before formula v2)
 
 
 def test_recoloured_hair_and_eyes_are_caught(nvxs, measured):
@@ -131,44 +131,54 @@ def test_recoloured_hair_and_eyes_are_caught(nvxs, measured):
         assert caught >= len(CHARACTERS) - 1, (part, caught)
 
 
-def test_eye_spacing_warp_moves_the_detected_eyes(nvxs, measured):
+def test_eye_spacing_warp_moves_the_score(nvxs, measured):
     """The landmark-guided warp really moves nvxs's eyes (measured: +-10 % warp -> about +-6 % detected eye distance),
-    and the score ranks +-10 % eye-spacing samples below the unwarped ones more often than not
-    (measured power 0.60-0.78 at n=4; nvxs's face box follows the eyes, which bounds it: docs/validity.md)."""
-    moved, below = [], 0
+    interocular follows it (formula v2: eye distance / eye-to-mouth height; here +-2.0 %, v1's box-normalised one
+    +-1.0 %), and the score ranks +-10 % eye-spacing samples below the unwarped ones (here 9 of 12 trials; full
+    benchmark, n=4: 0.78-0.83 out of sample, 0.72-0.78 before; docs/validity.md)."""
+    moved, ratio_moved, below = [], [], 0
     for a in CHARACTERS:
         ref = measured.get([(a, k) for k in REF_KEYS])
         plain_ms = measured.get([(a, k) for k in SMP_KEYS])
         plain = _score(nvxs, ref, plain_ms)
         for s in ("+10%", "-10%"):
+            sign = 1 if s == "+10%" else -1
             warped_ms = measured.get([(a, f"warp:eyes_{s}/{k}") for k in SMP_KEYS])
             below += _score(nvxs, ref, warped_ms) < plain
             for p, w in zip(plain_ms, warped_ms):
                 if p.status == "ok" and w.status == "ok":
                     d = [np.hypot(*np.subtract(m.points[1], m.points[0])) for m in (p, w)]
-                    moved.append((1 if s == "+10%" else -1) * (d[1] / d[0] - 1))
+                    moved.append(sign * (d[1] / d[0] - 1))
+                    ratio_moved.append(sign * (w.ratios["interocular_ratio"] / p.ratios["interocular_ratio"] - 1))
     assert np.mean(moved) > 0.03, np.mean(moved)  # eyes move apart / together as warped
-    assert below / (2 * len(CHARACTERS)) >= 0.5, below
+    assert np.mean(ratio_moved) > 0.015, np.mean(ratio_moved)  # and interocular sees it (measured 0.020; v1's /W: 0.010)
+    assert below / (2 * len(CHARACTERS)) >= FLOOR_EYE_POWER, below
 
 
 def test_memorisation_gate_fires_on_copies_only(measured):
-    """Copies (exact, JPEG, rescale, roll, mirrored) of a training image are flagged; other characters are not.
+    """Copies (exact, JPEG, rescale, roll, mirrored, cropped, padded) of a training image are flagged; other characters are not.
 
-    Measured at 12 bits: 0.97-0.99 of JPEG/rescale/roll copies, 0.89 of mirrored ones, 0 of 5,000+ other-character images.
+    Full benchmark, report half (docs/validity.md), whole-image <= 12 bits OR face-aligned <= 10:
+    0.99 of JPEG/rescale/roll copies, 0.92 of crop/pad copies (0.71 with the whole-image hash alone),
+    0.93 of mirrored ones, 0 of 5,000+ other-character images.
     """
-    keys = ("orig",) + SMP_KEYS + ("mirror",)
+    from types import SimpleNamespace
+
+    keys = ("orig",) + SMP_KEYS + ("mirror", "crop_tl", "pad_8", "crop_c")
     ms = {a: measured.get([(a, k) for k in keys]) for a in CHARACTERS}
+    flagged = image_only = total = 0
     for a in CHARACTERS:
-        train = ms[a][0]
-        ref_hashes = [train.phash, train.phash_mirror]
-        assert memorization_share(ms[a], ref_hashes) >= 0.75, a  # 4 of 5 copies at least
-        assert memorization_share(ms[a][:1], ref_hashes) == 1.0  # the exact copy always
+        train = SimpleNamespace(measurements=[ms[a][0]], phashes=[ms[a][0].phash])
+        img_h, face_h = reference_hashes(train), reference_face_hashes(train)
+        assert len(face_h) == 10  # hash + mirror at 5 window sizes
+        assert memorization_share(ms[a][:1], img_h, reference_face_hashes=face_h) == 1.0  # the exact copy always
         others = [m for b in CHARACTERS if b != a for m in ms[b]]
-        assert memorization_share(others, ref_hashes) == 0.0, a
-    copies = [m for a in CHARACTERS for m in ms[a]]
-    flagged = sum(min(hamming(m.phash, h) for h in (ms[int(a)][0].phash, ms[int(a)][0].phash_mirror)) <= MEMORIZATION_HAMMING
-                  for a, m in ((t, m) for t in CHARACTERS for m in ms[t]))
-    assert flagged / len(copies) >= 0.9
+        assert memorization_share(others, img_h, reference_face_hashes=face_h) == 0.0, a
+        flagged += memorization_share(ms[a], img_h, reference_face_hashes=face_h) * len(keys)
+        image_only += memorization_share(ms[a], img_h) * len(keys)
+        total += len(keys)
+    assert flagged / total >= FLOOR_COPIES_FLAGGED, flagged / total
+    assert flagged > image_only  # the face hash catches crops/pads the whole-image hash misses
 
 
 def test_compare_reports_colours_and_mirrored_copies(nvxs, measured):
@@ -176,7 +186,7 @@ def test_compare_reports_colours_and_mirrored_copies(nvxs, measured):
     a = CHARACTERS[0]
     ref = measured.get([(a, k) for k in REF_KEYS])
     rep = compare(_ref(nvxs, ref), measured.get([(a, "mirror")]), nvxs.identity())
-    assert rep.score_version.endswith("-v2") and set(rep.color_distance) == {"hair", "eyes"}
+    assert rep.score_version.endswith("-v3") and set(rep.color_distance) == {"hair", "eyes"}
     assert rep.memorization == 1.0
     assert "consistency/color_hair_z" in rep.scalars()
     geo = compare(_ref(nvxs, [_without_colors(m) for m in ref]), [_without_colors(measured.get([(a, "mirror")])[0])], nvxs.identity())
@@ -212,3 +222,21 @@ def test_phash_mirror_matches_mirrored_image():
     img[:, :40] //= 3  # asymmetric, so mirroring changes the plain hash
     assert phash_mirror(img) == phash(np.ascontiguousarray(img[:, ::-1]))
     assert hamming(phash(img), phash_mirror(img)) > MEMORIZATION_HAMMING
+
+
+def test_face_phash_follows_the_face_not_the_frame():
+    """The face-aligned hash ignores a pad/crop around the face and matches a mirrored copy through its mirror hash."""
+    rng = np.random.default_rng(3)
+    img = np.zeros((200, 240, 3), np.uint8)
+    img[40:160, 60:180] = (rng.random((15, 15, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)  # blocky "face"
+    el, er = np.array([100.0, 80.0]), np.array([140.0, 80.0])
+    h, hm = face_phash(img, el, er)
+    padded = np.pad(img, ((30, 10), (5, 25), (0, 0)), mode="edge")
+    assert face_phash(padded, el + [5, 30], er + [5, 30])[0] == h
+    cropped = np.ascontiguousarray(img[20:, 30:])
+    assert face_phash(cropped, el - [30, 20], er - [30, 20])[0] == h
+    mirrored = np.ascontiguousarray(img[:, ::-1])
+    w = img.shape[1]
+    assert hamming(face_phash(mirrored, [w - er[0], er[1]], [w - el[0], el[1]])[0], hm) <= 2
+    assert hamming(phash(img), phash(padded)) > MEMORIZATION_HAMMING  # the whole-image hash loses it
+    assert face_phash(img, el, el + [2, 0]) is None  # eyes too close to place a window
