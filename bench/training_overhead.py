@@ -114,6 +114,16 @@ def _overlay(root: Path) -> Path:
                 (pkg / entry.name).symlink_to(entry)
         for sub in ("callbacks", "patches", "presets"):
             (pkg / sub).symlink_to(REPO / sub)
+        # a pristine sd-scripts venv lacks the animeface wheel (nvxs): lend it ours (same Python minor)
+        import subprocess
+
+        if subprocess.run([os.environ["KOHYA_SD_PYTHON"], "-c", "import animeface"], capture_output=True).returncode != 0:
+            import animeface
+
+            site = Path(animeface.__file__).resolve().parent.parent
+            for name in ("animeface", "animeface.libs"):
+                if (site / name).exists():
+                    (root / "overlay" / name).symlink_to(site / name)
     return root / "overlay"
 
 

@@ -23,13 +23,14 @@ from kohya_ext.errors import KohyaExtError
 from kohya_ext.io_utils import atomic_write_text
 from kohya_ext.ratios import FORMULA_VERSION
 from kohya_ext.training import best as bestcopy
+from kohya_ext.training import resume
 from kohya_ext.training import trackers
 from kohya_ext.training.early_stop import EarlyStopState, StopConfig, decide
 from kohya_ext.training.leaderboard import Leaderboard
 from kohya_ext.training.options import ConsistencyOptions
-from kohya_ext.training.prompts import (derive_prompts, fix_prompts, load_prompt_file, parse_resolution,
-                                        write_prompt_file)
-from kohya_ext.training.worker import ScoringWorker
+from kohya_ext.training.prompts import (assign_characters, derive_prompts, fix_prompts, load_prompt_file,
+                                        parse_resolution, write_prompt_file)
+from kohya_ext.training.worker import ScoringWorker, choose_device
 
 from .base import Callback
 
@@ -69,10 +70,13 @@ class ConsistencyCallback(Callback):
         self.board: Leaderboard | None = None
         self.network: Any = None
         self.epoch = 0
-        self.step_offset = 0
+        self.step_offset = 0  # cumulative steps before this training segment (--resume)
+        self.segment = 0  # 0, then +1 at every resume
         self.current_step = 0
         self.evaluated_steps: set[int] = set()
         self.last_save: dict | None = None
+        self.character_names: list[str] = []
+        self.prompt_characters: list[str] | None = None  # per prompt, with several characters
         self.pending_best: dict | None = None
         self.stop_message: str | None = None
         self._trackers_ready = False
@@ -89,6 +93,19 @@ class ConsistencyCallback(Callback):
         if not src:
             raise KohyaExtError("--consistency needs a reference: give --consistency_reference, --train_data_dir or --dataset_config")
         return str(src)
+
+    def characters(self, args: Any) -> list[str]:
+        """The class tokens of the reference when it holds several characters, else []."""
+        ref = self.reference_source(args)
+        if ref.endswith(".json"):  # a ref.json is one character
+            return []
+        from kohya_ext.datasets import resolve_image_groups
+
+        try:
+            names = [g.name for g in resolve_image_groups(ref)]
+        except KohyaExtError:
+            return []  # the worker reports an unusable reference with its own message
+        return names if len(names) > 1 else []
 
     def _prompts(self, args: Any) -> list[dict]:
         if self.opts.prompts:
@@ -114,6 +131,8 @@ class ConsistencyCallback(Callback):
         self.folder = Path(args.output_dir) / FOLDER
         self.folder.mkdir(parents=True, exist_ok=True)
         prompts = self._prompts(args)
+        self.character_names = self.characters(args)
+        self.prompt_characters = assign_characters(prompts, self.character_names) if self.character_names else None
         self.prompt_file = write_prompt_file(prompts, self.folder / "prompts.json")
         self.n_prompts = len(prompts)
         if not is_main:
@@ -121,15 +140,20 @@ class ConsistencyCallback(Callback):
         self.board = Leaderboard(self.folder)  # a fresh run starts a fresh history (resume: see load_state)
         self.board.meta = {"output_name": getattr(args, "output_name", None), "options": self.opts.as_config()}
         cfg = {"reference": self.reference_source(args), "backend": self.opts.backend, "device": self.opts.device,
-               "scorer": self.opts.scorer, "threads": max(1, (os.cpu_count() or 2) // 4)}
+               "scorer": self.opts.scorer, "threads": max(1, (os.cpu_count() or 2) // 4),
+               "characters": sorted(set(self.prompt_characters)) if self.prompt_characters else None}
         self.worker = ScoringWorker(cfg, self.deadline(args))
         self.worker.start()
         t0 = time.monotonic()
         info = self.worker.wait_ready(max(1800.0, self.opts.timeout))
         counts = info.get("counts") or {}
+        chars = info.get("characters") or {}
         _say(f"consistency reference ready in {time.monotonic() - t0:.1f} s "
              f"({counts.get('usable', '?')} usable faces of {counts.get('images', '?')} images; {self.n_prompts} prompts; "
-             f"scoring deadline {self.deadline(args):g} s)")
+             f"scoring deadline {self.deadline(args):g} s)"
+             + ("" if not self.prompt_characters else "; characters scored against their own reference: "
+                + ", ".join(f"{c} ({self.prompt_characters.count(c)} prompts, {chars.get(c, {}).get('usable', '?')} faces)"
+                            for c in sorted(set(self.prompt_characters)))))
 
     def deadline(self, args: Any) -> float:
         """The scoring deadline, kept under half of the collective timeout other ranks wait on."""
@@ -138,8 +162,12 @@ class ConsistencyCallback(Callback):
         return min(self.opts.timeout, 0.5 * collective)
 
     def on_network_ready(self, accelerator: Any, args: Any, network: Any) -> None:
+        """Also registers our state hooks: kohya registers its own, then loads ``--resume``, later."""
         self.accelerator = accelerator
         self.network = network
+        if hasattr(accelerator, "register_save_state_pre_hook"):
+            accelerator.register_save_state_pre_hook(self._on_save_state)
+            accelerator.register_load_state_pre_hook(self._on_load_state)
 
     def on_epoch_start(self) -> None:
         self.epoch += 1
@@ -249,11 +277,16 @@ class ConsistencyCallback(Callback):
         elif not paths:
             result = {"ok": False, "error": f"the sampler wrote no images for {self.prompt_file}"}
         else:
-            result = self.worker.score({"paths": [str(p) for p in paths], "out_dir": str(eval_dir), "cum_step": cum})
+            job = {"paths": [str(p) for p in paths], "out_dir": str(eval_dir), "cum_step": cum}
+            if self.prompt_characters:  # images are NN.png, NN = prompt index
+                job["characters"] = [self.prompt_characters[int(p.stem)] for p in paths]
+            job["device"], job["device_note"] = choose_device(self.opts.device)
+            result = self.worker.score(job)
         t_score = time.monotonic() - t0
         log_epoch = epoch if epoch is not None else max(1, self.epoch)
         row: dict[str, Any] = {
             "status": "ok" if result["ok"] else "failed", "cum_step": cum, "kohya_step": global_step, "epoch": log_epoch,
+            "segment": self.segment,
             "trigger": kind, "checkpoint": self._checkpoint_for(args, kind, epoch, global_step),
             "images_dir": eval_dir.name, "seconds_render": round(t_render, 3), "seconds_score": round(t_score, 3),
             "time": time.time(), "formula_version": FORMULA_VERSION,
@@ -268,9 +301,15 @@ class ConsistencyCallback(Callback):
             memorized = mem is not None and mem > self.opts.memorization_max
             eligible = not memorized
             row.update(score=score, detection_rate=result["detection_rate"], memorization=mem, memorized=memorized,
-                       backend=result.get("backend"), score_version=result.get("score_version"))
+                       backend=result.get("backend"), score_version=result.get("score_version"), scoring_device=result.get("device"))
+            if result.get("device_note"):
+                row["device_note"] = result["device_note"]
+                _say(f"step {global_step}: {result['device_note']}")
             for name, r in (result.get("ratios") or {}).items():
                 row[f"{name}_diff_pct"], row[f"{name}_z"] = r.get("diff_pct"), r.get("z")
+            if result.get("characters"):
+                row["characters"] = ";".join(f"{c}={v['score']:.6f}" for c, v in result["characters"].items())
+                row["character_details"] = result["characters"]
             prev = self.board.best()
             row["is_best"] = eligible and (prev is None or score > prev["score"])
             trackers.log_scalars(accelerator, result["scalars"], global_step, log_epoch)
@@ -394,7 +433,73 @@ class ConsistencyCallback(Callback):
 
     # -- state (resume) ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"early_stop": self.es.state_dict(), "cum_step": self.step_offset + self.current_step, "epoch": self.epoch}
+        return {"early_stop": self.es.state_dict(), "cum_step": self.step_offset + self.current_step, "epoch": self.epoch,
+                "segment": self.segment}
+
+    def _on_save_state(self, models: Any, weights: Any, output_dir: str) -> None:
+        """accelerate's save-state pre hook: our side file next to kohya's train_state.json."""
+        if not self.is_main or self.board is None:
+            return
+        try:
+            best = self.board.best()
+            resume.write_side_file(output_dir, self.step_offset + self.current_step, self.segment, self.epoch,
+                                   [r["eval"] for r in self.board.rows],
+                                   None if best is None else {k: best.get(k) for k in ("eval", "cum_step", "kohya_step", "checkpoint", "score")})
+        except Exception as e:  # never break kohya's state save
+            logger.warning("kohya-ext: writing %s into %s failed: %s", resume.SIDE_FILE, output_dir, e)
+
+    def _on_load_state(self, models: Any, input_dir: str) -> None:
+        """accelerate's load-state pre hook (every rank): continue the cumulative step, the
+        history, the best score and the patience count of the state being resumed."""
+        side = resume.read_side_file(input_dir)
+        if side is None:
+            if self.is_main:
+                _say(f"{input_dir} holds no {resume.SIDE_FILE} (saved without kohya-ext): the consistency history starts afresh "
+                     "at cumulative step 0")
+            return
+        self.step_offset = int(side["cum_step"])
+        self.segment = int(side.get("segment", 0)) + 1
+        self.epoch = int(side.get("epoch", 0))
+        if not self.is_main:
+            return
+        try:
+            old = Leaderboard.load(self.folder)
+        except (OSError, ValueError) as e:  # never break kohya's resume over our history
+            _say(f"cannot read the consistency history ({e}): continuing from cumulative step {self.step_offset} with a fresh one")
+            return
+        kept, abandoned = resume.split_rows(old.rows, side)
+        self.board.rows = kept
+        self.board.abandoned = old.abandoned + [{**r, "is_best": False} for r in abandoned]
+        best = self.board.best()
+        self.es = resume.replay(kept, self.stop_cfg)
+        self.board.write()
+        self._check_best_copy(best)
+        _say(f"resumed from {input_dir} at cumulative step {self.step_offset}: {len(kept)} evaluation(s) kept"
+             + (f", {len(abandoned)} from the replaced continuation set aside" if abandoned else "")
+             + (f"; best {best['score']:.4f} at cumulative step {best['cum_step']}" if best else "")
+             + (f"; {self.es.wait} evaluation(s) without improvement so far" if self.stop_cfg.active else ""))
+        self._save_state()
+
+    def _check_best_copy(self, best: dict | None) -> None:
+        """After a resume the ``-best`` file must hold the kept history's best evaluation. If it
+        holds one from the replaced continuation, it is moved aside to ``-best-abandoned``."""
+        dst = self.best_path(self.args)
+        if not dst.exists():
+            return
+        try:
+            step = bestcopy.read_metadata(dst).get(bestcopy.META_STEP) if dst.suffix == ".safetensors" else \
+                json.loads(dst.with_name(dst.name + ".json").read_text(encoding="utf-8")).get(bestcopy.META_STEP)
+        except Exception:
+            step = None
+        if best is not None and step == str(best["cum_step"]):
+            return
+        aside = dst.with_name(dst.stem + "-abandoned" + dst.suffix)
+        os.replace(dst, aside)
+        _say(f"{dst.name} held cumulative step {step}, not the kept history's best: moved to {aside.name}")
+        if best is not None and best.get("checkpoint"):
+            src = Path(self.args.output_dir) / best["checkpoint"]
+            if src.exists() and src.suffix == ".safetensors" and bestcopy.read_metadata(src).get("ss_steps") == str(best["kohya_step"]):
+                self._copy_best(self.args, str(src), best)
 
     def _save_state(self) -> None:
         atomic_write_text(self.folder / STATE_FILE, json.dumps(self.state_dict(), indent=1))

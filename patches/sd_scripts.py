@@ -31,10 +31,10 @@ TRAINERS = ("train_network.py", "sdxl_train_network.py", "sd3_train_network.py",
             "lumina_train_network.py", "hunyuan_image_train_network.py", "anima_train_network.py")
 # NetworkTrainer methods we call or rely on (the hook surface), and sample_images' parameters.
 _REQUIRED_METHODS = ("train", "sample_images", "post_process_network", "step_logging", "epoch_logging",
-                     "accelerator_logging", "process_batch", "on_step_start")
+                     "accelerator_logging", "process_batch", "on_step_start", "cache_text_encoder_outputs_if_needed")
 _SAMPLE_PARAMS = 10  # self, accelerator, args, epoch, global_step, device, vae, tokenizer(s), text_encoder, unet
 _TRAIN_UTIL = ("read_config_from_file", "get_step_ckpt_name", "get_epoch_ckpt_name", "get_last_ckpt_name",
-               "save_state_on_train_end", "verify_command_line_training_args")
+               "save_state_on_train_end", "verify_command_line_training_args", "load_prompts")
 
 
 # -- finding and checking sd-scripts --------------------------------------------------------
@@ -164,6 +164,20 @@ def render_with(sample_images: Any, accelerator: Any, args: Any, global_step: in
     return render
 
 
+def cache_prompt_file(own: Path, user: str | None, load_prompts: Any, dest: Path) -> Path:
+    """A prompt file holding the user's ``--sample_prompts`` and ours (prompt and negative
+    prompt of each: all the text-encoder caching reads), for the families that encode the
+    sample prompts once at setup and can render only those afterwards (FLUX, SD3, Lumina,
+    HunyuanImage, Anima: ``self.sample_prompts_te_outputs`` built from ``args.sample_prompts``
+    in ``cache_text_encoder_outputs_if_needed``, looked up by prompt text when sampling)."""
+    items = []
+    for f in ([user] if user and os.path.isfile(user) else []) + [str(own)]:
+        for d in load_prompts(f):
+            items.append({"prompt": d.get("prompt", ""), "negative_prompt": d.get("negative_prompt", "")})
+    dest.write_text(json.dumps(items, ensure_ascii=False, indent=1), encoding="utf-8")
+    return dest
+
+
 # -- hook trace (compares the stand-in loop with the real one) -----------------------------------
 
 def _kind(v: Any) -> str:
@@ -200,6 +214,7 @@ def trace(hook: str, step: Any = None, epoch: Any = None, args: tuple = ()) -> N
 
 def _install_instance_hooks(trainer: Any, cb: Any, surface: KohyaSurface) -> None:
     orig_sample = trainer.sample_images  # bound: the family's own override
+    orig_cache = trainer.cache_text_encoder_outputs_if_needed
     orig_post = trainer.post_process_network
     orig_step_logging = trainer.step_logging
     orig_epoch_logging = trainer.epoch_logging
@@ -219,13 +234,31 @@ def _install_instance_hooks(trainer: Any, cb: Any, surface: KohyaSurface) -> Non
 
     def step_logging(accelerator, logs, global_step, epoch):
         trace("step_logging", global_step, epoch, (accelerator, logs, global_step, epoch))
+        if isinstance(epoch, int):
+            cb.epoch = epoch  # kohya's own 1-based epoch (our counter can be off by one after a mid-epoch resume)
         return orig_step_logging(accelerator, logs, global_step, epoch)
 
     def epoch_logging(accelerator, logs, global_step, epoch):
         trace("epoch_logging", global_step, epoch, (accelerator, logs, global_step, epoch))
         return orig_epoch_logging(accelerator, logs, global_step, epoch)
 
+    def cache_text_encoder_outputs_if_needed(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype):
+        # Families that cache sample-prompt encodings read args.sample_prompts here: show them
+        # ours too, then put the user's value back (their own sampling is unchanged).
+        trace("cache_text_encoder_outputs_if_needed", None, None, (args, accelerator, unet, vae, text_encoders, dataset, weight_dtype))
+        user = args.sample_prompts
+        try:
+            args.sample_prompts = str(cache_prompt_file(cb.prompt_file, user, surface.tu.load_prompts, cb.folder / "prompts-to-cache.json"))
+        except Exception as e:  # never block training over our prompts
+            print(f"kohya-ext: could not add the evaluation prompts to the prompt cache: {e}", flush=True)
+            return orig_cache(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
+        try:
+            return orig_cache(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
+        finally:
+            args.sample_prompts = user
+
     trainer.sample_images = sample_images
+    trainer.cache_text_encoder_outputs_if_needed = cache_text_encoder_outputs_if_needed
     trainer.post_process_network = post_process_network
     trainer.step_logging = step_logging
     trainer.epoch_logging = epoch_logging

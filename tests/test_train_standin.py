@@ -52,11 +52,22 @@ def test_tensorboard_and_wandb_get_consistency_at_the_loss_steps(tmp_path, tadne
     assert {s for s, _ in tb["consistency/detection_rate"]} == {2, 4}
     assert any(k.endswith("_diff_pct") for k in tb) and any(k.endswith("_z") for k in tb)
     assert sorted(s for s, _ in tb["image:consistency/landmarks"]) == [2, 4]
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ev = next((tmp_path / "logs").glob("*/**/events.out.tfevents.*"))
+    acc = EventAccumulator(str(ev), size_guidance={"tensors": 0})
+    acc.Reload()
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert {"loss/average", "consistency/score"} <= set(charts["loss and consistency"])
 
     run_file = next((tmp_path / "logs").glob("*/wandb/offline-run-*/run-*.wandb"))
     history, summary, config = h.read_wandb(run_file)
     scored = [r for r in history if "consistency/score" in r]
     assert [r["global_step"] for r in scored] == [2, 4]
+    grids = [r for r in history if r.get("consistency/landmarks/_type") == "image-file"]  # nested keys, flattened
+    assert [r["global_step"] for r in grids] == [2, 4]
     assert all("global_step" in r for r in history if "loss/current" in r)
     board = _board(tmp_path)
     best = next(r for r in board if r["is_best"])
@@ -156,3 +167,83 @@ def test_help_group_toml_keys_and_clear_errors(tmp_path):
     assert proc.returncode == 2 and "consistency_patience" in proc.stderr and "'soon'" in proc.stderr
     proc = h.run_trainer(tmp_path, ["nope_train_network.py"], env={"KOHYA_SD_SCRIPTS": str(tmp_path)})
     assert proc.returncode == 2 and "KOHYA_SD_SCRIPTS" in proc.stderr
+
+
+def test_resume_continues_history_patience_and_keeps_the_best_copy(tmp_path):
+    """Run 1 (4 steps, states saved) scores 0.5, 0.8. Run 2 resumes from the step-4 state with
+    kohya's global_step back at 0: 0.6, 0.7, 0.65 exhaust patience 3 only if the count carried
+    over (a fresh count would see two improvements and go on to step 8). kohya overwrites
+    tiny-step00000004 at its new step 4; the best copy still holds run 1's step-4 weights."""
+    from safetensors.torch import load_file
+
+    from kohya_ext.training.best import read_metadata
+
+    h.make_dataset(tmp_path, 4)  # 4 steps per epoch
+    common = ["--save_state", "--consistency", "--consistency_scorer", "fake_scorers:scripted", "--consistency_patience", "3"]
+    env = _fake(tmp_path, "0.5,0.8,0.6,0.7,0.65,0.9")
+    _ok(h.run_trainer(tmp_path, h.base_args(tmp_path, steps=4, save_every=2) + common, env=env))
+    out = tmp_path / "out"
+    run1_step4 = load_file(out / "tiny-step00000004.safetensors")
+    assert (out / "tiny-step00000004-state" / "kohya_ext_consistency.json").is_file()
+
+    (tmp_path / "trace.jsonl").unlink()
+    proc = h.run_trainer(tmp_path, h.base_args(tmp_path, steps=12, save_every=2) + common
+                         + ["--resume", str(out / "tiny-step00000004-state")], env=env)
+    _ok(proc)
+    board = _board(tmp_path)
+    assert [(r["cum_step"], r["kohya_step"], r["segment"]) for r in board] == [(2, 2, 0), (4, 4, 0), (6, 2, 1), (8, 4, 1), (10, 6, 1)]
+    assert [r["es_wait"] for r in board] == [0, 0, 1, 2, 3] and board[-1]["stop_reason"] == "patience_exhausted"
+    assert _steps(h.read_trace(tmp_path / "trace.jsonl")) == list(range(1, 7))
+    best = next(r for r in board if r["is_best"])
+    assert (best["cum_step"], best["score"]) == (4, 0.8)
+    meta = read_metadata(out / "tiny-best.safetensors")
+    assert meta["kohya_ext_consistency_step"] == "4" and meta["kohya_ext_consistency_score"] == "0.800000"
+    copy, overwritten = load_file(out / "tiny-best.safetensors"), load_file(out / "tiny-step00000004.safetensors")
+    assert all((copy[k] == run1_step4[k]).all() for k in run1_step4)
+    assert any((overwritten[k] != run1_step4[k]).any() for k in run1_step4)  # kohya's step-4 file is now run 2's
+    assert "resumed from" in proc.stdout and "cumulative step 4" in proc.stdout
+
+
+def test_several_characters_scored_against_their_own_reference(tmp_path):
+    """Two class tokens: each prompt goes to the character its text names; per-character
+    scalars and the combined score (weighted by images: alice 2, bob 1) at the loss steps."""
+    h.make_dataset(tmp_path, 2, caption="alice")
+    (tmp_path / "train" / "1_sks").rename(tmp_path / "train" / "1_alice")
+    bob = tmp_path / "train" / "1_bob"
+    bob.mkdir()
+    for f in (tmp_path / "train" / "1_alice").iterdir():
+        (bob / f.name).write_bytes(f.read_bytes())
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("alice smiling --d 1\nbob running --d 2\nalice at the beach --d 3\n")
+    args = h.base_args(tmp_path, steps=2, save_every=2) + [
+        "--logging_dir", str(tmp_path / "logs"), "--log_with", "tensorboard", "--consistency",
+        "--consistency_scorer", "fake_scorers:by_character", "--consistency_prompts", str(prompts)]
+    proc = h.run_trainer(tmp_path, args, env=_fake(tmp_path, "0.6,0.8"))
+    _ok(proc)
+    tb = h.read_tensorboard(tmp_path / "logs")
+    assert tb["consistency/character/alice/score"] == [(2, pytest.approx(0.6))]
+    assert tb["consistency/character/bob/score"] == [(2, pytest.approx(0.8))]
+    assert tb["consistency/score"] == [(2, pytest.approx((2 * 0.6 + 0.8) / 3))]
+    row = _board(tmp_path)[0]
+    assert row["characters"] == "alice=0.600000;bob=0.800000" and row["character_details"]["alice"]["images"] == 2
+    assert "alice (2 prompts" in proc.stdout
+    prompts.write_text("carol waving\n")
+    proc = h.run_trainer(tmp_path, args, env=_fake(tmp_path, "0.6"))
+    assert proc.returncode == 2 and "names none of the dataset's characters (alice, bob)" in proc.stderr
+
+
+def test_families_that_cache_sample_prompts_cache_ours_too(tmp_path):
+    """A family that encodes the sample prompts once at setup and renders only those: our
+    evaluation prompts are rendered (scored ok), and the user's own samples still appear."""
+    h.make_dataset(tmp_path, 2)
+    user = tmp_path / "user_prompts.txt"
+    user.write_text("sks girl waving --d 5\n")
+    args = h.base_args(tmp_path, steps=2, save_every=2) + [
+        "--sample_prompts", str(user), "--sample_every_n_steps", "2", "--consistency", "--consistency_num_prompts", "2",
+        "--consistency_scorer", "fake_scorers:scripted"]
+    proc = h.run_trainer(tmp_path, args, env=_fake(tmp_path, "0.5"), script="cached_train_network.py")
+    _ok(proc)
+    assert "cached text-encoder outputs of 3 prompt texts" in proc.stdout  # user's, ours (one caption), ""
+    assert [r["status"] for r in _board(tmp_path)] == ["ok"], _board(tmp_path)
+    assert len(list((tmp_path / "out" / "sample").glob("tiny_000002_00_*.png"))) == 1
+    assert any(t["hook"] == "cache_text_encoder_outputs_if_needed" for t in h.read_trace(tmp_path / "trace.jsonl"))

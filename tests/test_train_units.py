@@ -147,3 +147,131 @@ def test_worker_reports_an_unusable_reference(tmp_path, monkeypatch):
     w.start()
     with pytest.raises(KohyaExtError, match="no usable faces"):
         w.wait_ready(60)
+
+
+def test_resume_keeps_the_state_lineage_and_replays_patience(tmp_path):
+    """A state saved at cumulative step 4 (evaluations 1, 2) resumed after a continuation had
+    evaluated steps 4 (epoch end, right after the save), 6 and 8: 6 and 8 are set aside; the
+    patience count is replayed from the kept rows, with a stop of the old history lifted."""
+    from kohya_ext.training import resume
+
+    assert resume.read_side_file(tmp_path) is None  # a state saved without kohya-ext
+    resume.write_side_file(tmp_path, cum_step=4, segment=0, epoch=1, evals=[1, 2], best=None)
+    side = resume.read_side_file(tmp_path)
+    rows = [{"eval": i + 1, "cum_step": c, "segment": 0, "status": "ok", "score": sc}
+            for i, (c, sc) in enumerate([(2, 0.5), (4, 0.8), (4, 0.7), (6, 0.9), (8, 0.6)])]
+    kept, abandoned = resume.split_rows(rows, side)
+    assert [r["eval"] for r in kept] == [1, 2, 3] and [r["eval"] for r in abandoned] == [4, 5]
+    es = resume.replay(kept, StopConfig(patience=1))
+    assert (es.best, es.wait, es.evaluations, es.stopped) == (0.8, 1, 3, False)
+    _, stop, reason, _ = decide(es, 0.75, StopConfig(patience=1))
+    assert stop and reason is StopReason.PATIENCE
+    lb = Leaderboard(tmp_path)
+    lb.rows, lb.abandoned = kept, abandoned
+    assert lb.add({"status": "ok", "cum_step": 6})["eval"] == 6  # never reuses an abandoned number
+
+
+def test_worker_scores_each_character_against_its_own_reference(tmp_path, tadne_tiles):
+    """build_scorer with several class tokens: one nvxs scorer per character; evaluate() routes
+    each image to its character's scorer and weights the combined score by images."""
+    from PIL import Image
+
+    from kohya_ext.backends import BackendSpec
+    from kohya_ext.scorer import Scorer, load_references
+    from kohya_ext.training.worker import build_scorer, evaluate
+
+    for name, tiles in (("1_alice", tadne_tiles[0:4]), ("1_bob", tadne_tiles[4:8])):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i, t in enumerate(tiles):
+            Image.fromarray(t).save(tmp_path / "train" / name / f"{i}.png")
+    paths = []
+    for i, t in enumerate(tadne_tiles[8:11]):
+        paths.append(tmp_path / f"{i:02d}.png")
+        Image.fromarray(t).save(paths[-1])
+    cfg = {"reference": str(tmp_path / "train"), "backend": "nvxs", "characters": ["alice", "bob"]}
+    scorers = build_scorer(cfg)
+    res = evaluate(scorers, {"paths": [str(p) for p in paths], "out_dir": str(tmp_path / "ev"), "characters": ["alice", "bob", "alice"]})
+    refs = {r.name: r for r in load_references(cfg["reference"], BackendSpec("nvxs"), by_class=True, progress=False)}
+    direct = {c: Scorer(refs[c], backend=BackendSpec("nvxs"), progress=False).score_images(
+        [tadne_tiles[8 + i] for i in idx]).score for c, idx in (("alice", [0, 2]), ("bob", [1]))}
+    assert res["characters"]["alice"]["score"] == pytest.approx(direct["alice"])
+    assert res["characters"]["bob"]["score"] == pytest.approx(direct["bob"])
+    assert res["score"] == pytest.approx((2 * direct["alice"] + direct["bob"]) / 3)
+    assert res["scalars"]["consistency/character/bob/score"] == pytest.approx(direct["bob"])
+    assert (tmp_path / "ev" / "overlay_grid.png").is_file()
+
+
+def test_choose_device_falls_back_to_the_cpu_when_gpu_memory_is_short():
+    from kohya_ext.training.worker import choose_device
+
+    gib = 2**30
+    assert choose_device("auto", 2.0, mem_get_info=lambda d: (10 * gib, 24 * gib)) == ("cuda", None)
+    dev, note = choose_device("auto", 2.0, mem_get_info=lambda d: (int(0.5 * gib), 24 * gib))
+    assert dev == "cpu" and "0.5 GiB free of 24.0 GiB" in note
+    assert choose_device("cuda:1", 2.0, mem_get_info=lambda d: (10 * gib, 24 * gib)) == ("cuda:1", None)
+
+    def broken(d):
+        raise RuntimeError("CUDA error: unspecified launch failure")
+
+    assert choose_device("auto", 2.0, mem_get_info=broken)[0] == "cpu"
+    assert choose_device("cpu", mem_get_info=broken) == ("cpu", None)
+
+
+def test_worker_retries_on_the_cpu_after_cuda_oom_and_is_replaced_after_a_cuda_error(tmp_path, monkeypatch):
+    """Simulated (no GPU here): an out-of-memory error on the GPU is retried once on the CPU and
+    said so; a CUDA error fails that evaluation and the next one gets a fresh worker process."""
+    from PIL import Image
+    import numpy as np
+
+    _counter_env(tmp_path, monkeypatch, "oom:0.6,cudaerror,0.7")
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(img)
+    w = ScoringWorker({"scorer": "fake_scorers:device_aware"}, deadline_s=30)
+    w.start()
+    w.wait_ready(60)
+    job = {"paths": [str(img)], "out_dir": str(tmp_path), "device": "cuda"}
+    r = w.score(job)
+    assert r["ok"] and r["score"] == 0.6 and r["device"] == "cpu" and "GPU out of memory" in r["device_note"]
+    assert (tmp_path / "counter.devices").read_text().split() == ["cuda", "cpu"]
+    pid = w.pid
+    r = w.score(job)
+    assert not r["ok"] and "illegal memory access" in r["error"] and "worker replaced" in r["error"]
+    r = w.score(job)
+    assert r["ok"] and r["score"] == 0.7 and r["device"] == "cuda" and w.pid != pid and w.restarts == 1
+    w.close()
+
+
+def test_models_are_dropped_after_gpu_scoring_but_kept_on_a_cpu_only_worker(tmp_path, monkeypatch):
+    """Simulated: after scoring in a worker that uses CUDA, the backend's models are dropped
+    (rebuilt at the next scoring); in a worker that never touched CUDA they stay loaded."""
+    from PIL import Image
+    import numpy as np
+
+    from kohya_ext.training import worker
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "standin"))
+    from fake_scorers import _Report
+
+    class Spec:
+        name, device, threads, hrnet_options = "hrnet", "cuda", None, {}
+
+        def __init__(self):
+            self._backend = "loaded models"
+
+        def create(self):
+            return self._backend
+
+    class Fake:
+        backend = Spec()
+
+        def score_images(self, images, names):
+            assert self.backend._backend == "loaded models"
+            return _Report(0.5)
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(img)
+    job = {"paths": [str(img)], "out_dir": str(tmp_path), "device": "cuda"}
+    sc = Fake()
+    assert worker.evaluate_on_device(sc, job)["device"] == "cuda" and sc.backend._backend == "loaded models"
+    monkeypatch.setattr(worker, "_cuda_in_use", lambda: True)
+    assert worker.evaluate_on_device(sc, job)["score"] == 0.5 and sc.backend._backend is None

@@ -25,7 +25,8 @@ BASE_COLUMNS = [
     "detection_rate", "memorization", "memorized", "is_best", "backend", "score_version", "formula_version",
 ]
 RATIO_COLUMNS = [f"{r}_{k}" for r in RATIO_NAMES for k in ("diff_pct", "z")]
-TAIL_COLUMNS = ["es_best", "es_wait", "stop", "stop_reason", "message", "error", "images_dir", "seconds_render", "seconds_score", "time"]
+TAIL_COLUMNS = ["es_best", "es_wait", "stop", "stop_reason", "message", "error", "images_dir", "seconds_render", "seconds_score", "time",
+                "segment", "characters"]
 COLUMNS = BASE_COLUMNS + RATIO_COLUMNS + TAIL_COLUMNS
 
 
@@ -36,6 +37,8 @@ class Leaderboard:
         self.folder = Path(folder)
         self.rows: list[dict[str, Any]] = []
         self.meta: dict[str, Any] = {}
+        # evaluations of a continuation that a --resume from an earlier state replaced (kept for the record)
+        self.abandoned: list[dict[str, Any]] = []
 
     @property
     def csv_path(self) -> Path:
@@ -55,6 +58,7 @@ class Leaderboard:
                 raise ValueError(f"{lb.json_path}: not a kohya-ext leaderboard")
             lb.rows = list(d.get("evaluations", []))
             lb.meta = dict(d.get("run", {}))
+            lb.abandoned = list(d.get("abandoned", []))
         return lb
 
     def best(self) -> dict[str, Any] | None:
@@ -62,7 +66,7 @@ class Leaderboard:
 
     def add(self, row: dict[str, Any]) -> dict[str, Any]:
         row = {k: row.get(k) for k in COLUMNS} | {k: v for k, v in row.items() if k not in COLUMNS}
-        row["eval"] = len(self.rows) + 1
+        row["eval"] = 1 + max((int(r.get("eval") or 0) for r in self.rows + self.abandoned), default=0)
         if row.get("is_best"):
             for r in self.rows:
                 r["is_best"] = False
@@ -84,6 +88,8 @@ class Leaderboard:
         doc = {"format": FORMAT, "version": VERSION, "run": self.meta,
                "best": None if best is None else {k: best.get(k) for k in ("eval", "cum_step", "kohya_step", "epoch", "checkpoint", "score")},
                "columns": COLUMNS, "evaluations": self.rows}
+        if self.abandoned:
+            doc["abandoned"] = self.abandoned
         atomic_write_text(self.json_path, json.dumps(doc, indent=1, ensure_ascii=False, default=str))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")

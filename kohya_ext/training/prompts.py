@@ -126,3 +126,20 @@ def parse_resolution(value: Any) -> tuple[int, int]:
         parts = [int(x) for x in str(value).split(",")]
         w, h = parts[0], parts[-1]
     return int(w), int(h)
+
+
+def assign_characters(prompts: list[dict[str, Any]], characters: list[str]) -> list[str]:
+    """The character (class token) each prompt is scored against: its ``character`` key (JSON
+    prompt files, derived prompts), else the class token its text contains (the longest one
+    when several do). A prompt naming none is an error: it could be scored against no one."""
+    out = []
+    for i, p in enumerate(prompts):
+        c = p.get("character")
+        if c is None:
+            hits = [t for t in characters if t.lower() in str(p.get("prompt", "")).lower()]
+            c = max(hits, key=len) if hits else None
+        if c not in characters:
+            raise KohyaExtError(f"evaluation prompt {i + 1} ({str(p.get('prompt', ''))[:60]!r}) names none of the dataset's characters "
+                                f"({', '.join(characters)}): put the class token in the prompt, or \"character\": \"TOKEN\" in a .json prompt file")
+        out.append(c)
+    return out

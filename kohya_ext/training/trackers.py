@@ -22,6 +22,7 @@ CUSTOM_SCALARS = {
         "ratio differences (%)": ["Multiline", [r"consistency/.*_diff_pct"]],
         "ratio z": ["Multiline", [r"consistency/.*_z"]],
         "detection and memorisation": ["Multiline", ["consistency/detection_rate", "consistency/memorization"]],
+        "score per character": ["Multiline", [r"consistency/character/.*/score", "consistency/score"]],
     }
 }
 

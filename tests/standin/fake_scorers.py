@@ -61,3 +61,42 @@ class Scripted:
 
 def scripted(cfg: dict) -> Scripted:
     return Scripted(cfg)
+
+
+def by_character(cfg: dict):
+    """{character: Scripted} when the run has several characters (they share one script, in
+    the worker's order: sorted by character), else one Scripted."""
+    if cfg.get("characters"):
+        return {c: Scripted(cfg) for c in cfg["characters"]}
+    return Scripted(cfg)
+
+
+class DeviceAware(Scripted):
+    """Scripted, plus ``to(device)``: ``oom:S`` raises CUDA's out-of-memory error unless it is
+    on the CPU (then scores S; the OOM attempt does not advance the script), ``cudaerror``
+    raises the RuntimeError torch gives after an illegal memory access."""
+
+    device = "cpu"
+
+    def to(self, device: str) -> None:
+        self.device = device
+        Path(os.environ["FAKE_COUNTER"] + ".devices").open("a").write(device + "\n")
+
+    def score_images(self, images, names):
+        n = int(self.counter.read_text()) if self.counter.exists() else 0
+        action = self.script[n] if n < len(self.script) else self.script[-1]
+        if action.startswith("oom:") and self.device != "cpu":
+            import torch
+
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if action == "cudaerror":
+            self.counter.write_text(str(n + 1))
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        if action.startswith("oom:"):
+            self.counter.write_text(str(n + 1))
+            return _Report(float(action.split(":")[1]))
+        return super().score_images(images, names)
+
+
+def device_aware(cfg: dict) -> DeviceAware:
+    return DeviceAware(cfg)

@@ -17,6 +17,50 @@ import numpy as np
 STANDIN = Path(__file__).resolve().parent
 REPO = STANDIN.parents[1]
 
+# The stand-in's code lives in standin_loop.py / standin_util.py / standin_lora.py (names no
+# sd-scripts file has); at test time it is laid out under sd-scripts' own names by these shims,
+# so kohya-ext imports it exactly as it imports a real checkout.
+_SHIMS = {
+    "train_network.py": (
+        '"""Shim (tests/standin/harness.py): the stand-in loop under sd-scripts\' script name."""\n'
+        "import sys\n\nsys.path.insert(0, {standin!r})\n"
+        "from library import train_util  # noqa: E402\n"
+        "from standin_loop import *  # noqa: E402,F401,F403\n"
+        "from standin_loop import NetworkTrainer, setup_parser  # noqa: E402,F401\n\n"
+        'if __name__ == "__main__":\n'
+        "    parser = setup_parser()\n\n"
+        "    args = parser.parse_args()\n"
+        "    train_util.verify_command_line_training_args(args)\n"
+        "    args = train_util.read_config_from_file(args, parser)\n\n"
+        "    trainer = NetworkTrainer()\n"
+        "    trainer.train(args)\n"),
+    "cached_train_network.py": (
+        '"""Shim (tests/standin/harness.py): a family that caches sample-prompt encodings at setup."""\n'
+        "import sys\n\nsys.path.insert(0, {standin!r})\n"
+        "import train_network  # noqa: E402,F401  (the family scripts import the base trainer module)\n"
+        "from library import train_util  # noqa: E402\n"
+        "from standin_cached import CachedPromptsTrainer  # noqa: E402\n"
+        "from standin_loop import setup_parser  # noqa: E402,F401\n\n"
+        'if __name__ == "__main__":\n'
+        "    parser = setup_parser()\n"
+        "    args = parser.parse_args()\n"
+        "    args = train_util.read_config_from_file(args, parser)\n"
+        "    CachedPromptsTrainer().train(args)\n"),
+    "library/__init__.py": "",
+    "library/train_util.py": "import sys\n\nsys.path.insert(0, {standin!r})\nfrom standin_util import *  # noqa: E402,F401,F403\n",
+    "networks/__init__.py": "",
+    "networks/lora.py": "import sys\n\nsys.path.insert(0, {standin!r})\nfrom standin_lora import *  # noqa: E402,F401,F403\n",
+}
+
+
+def standin_checkout(dest: Path, extra: dict[str, str] | None = None) -> Path:
+    """A fake sd-scripts folder at ``dest``: the shims above (plus ``extra`` {name: source})."""
+    for name, text in {**_SHIMS, **(extra or {})}.items():
+        f = Path(dest) / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text.replace("{standin!r}", repr(str(STANDIN))))
+    return Path(dest)
+
 
 def make_dataset(root: Path, n: int, tiles: list | None = None, size: int = 64, caption: str = "sks girl, portrait") -> Path:
     """A kohya train_data_dir (``1_sks``) of ``n`` images (TADNE tiles when given) with captions."""
@@ -44,8 +88,11 @@ def base_args(root: Path, steps: int = 4, save_every: int = 2) -> list[str]:
 
 
 def run_trainer(root: Path, args: list[str], env: dict | None = None, nproc: int = 1, script: str = "train_network.py",
-                sd_scripts: Path = STANDIN, python: str = sys.executable, timeout: float = 180) -> subprocess.CompletedProcess:
-    """``python -m kohya_ext SCRIPT ARGS`` (or torchrun with ``nproc`` gloo processes), hook trace on."""
+                sd_scripts: Path | None = None, python: str = sys.executable, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python -m kohya_ext SCRIPT ARGS`` (or torchrun with ``nproc`` gloo processes), hook trace on.
+    Without ``sd_scripts``, the stand-in checkout (shims written under ``root``)."""
+    if sd_scripts is None:
+        sd_scripts = standin_checkout(Path(root) / "sd-scripts-standin")
     e = {**os.environ, "KOHYA_SD_SCRIPTS": str(sd_scripts), "KOHYA_EXT_TRACE": str(root / "trace.jsonl"),
          "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
     if nproc == 1:
@@ -72,6 +119,8 @@ def read_tensorboard(logging_dir: Path) -> dict[str, list[tuple[int, float]]]:
             out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
         for tag in acc.Tags()["images"]:
             out.setdefault("image:" + tag, []).extend((e.step, float(e.width)) for e in acc.Images(tag))
+        for tag in acc.Tags().get("tensors", []):  # e.g. the custom-scalars layout
+            out.setdefault("tensor:" + tag, []).extend((e.step, 0.0) for e in acc.Tensors(tag))
     return out
 
 

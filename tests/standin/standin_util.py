@@ -10,6 +10,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -86,6 +87,39 @@ def get_remove_step_no(args, step_no):
     n = step_no - args.save_last_n_steps - 1
     n = n - (n % args.save_every_n_steps)
     return None if n < 0 else n
+
+
+EPOCH_STATE_NAME = "{}-{:06d}-state"
+STEP_STATE_NAME = "{}-step{:08d}-state"
+
+
+def resume_from_local_or_hf_if_specified(accelerator, args) -> None:
+    if args.resume:
+        accelerator.load_state(args.resume)
+
+
+def save_and_remove_state_on_epoch_end(args, accelerator, epoch_no) -> None:
+    name = default_if_none(args.output_name, DEFAULT_EPOCH_NAME)
+    os.makedirs(args.output_dir, exist_ok=True)
+    accelerator.save_state(os.path.join(args.output_dir, EPOCH_STATE_NAME.format(name, epoch_no)))
+    last_n = args.save_last_n_epochs_state or args.save_last_n_epochs
+    if last_n is not None:
+        old = os.path.join(args.output_dir, EPOCH_STATE_NAME.format(name, epoch_no - args.save_every_n_epochs * last_n))
+        if os.path.exists(old):
+            shutil.rmtree(old)
+
+
+def save_and_remove_state_stepwise(args, accelerator, step_no) -> None:
+    name = default_if_none(args.output_name, DEFAULT_STEP_NAME)
+    os.makedirs(args.output_dir, exist_ok=True)
+    accelerator.save_state(os.path.join(args.output_dir, STEP_STATE_NAME.format(name, step_no)))
+    last_n = args.save_last_n_steps_state or args.save_last_n_steps
+    if last_n is not None:
+        n = step_no - last_n - 1
+        n -= n % args.save_every_n_steps
+        old = os.path.join(args.output_dir, STEP_STATE_NAME.format(name, n))
+        if n > 0 and os.path.exists(old):
+            shutil.rmtree(old)
 
 
 def save_state_on_train_end(args, accelerator) -> None:
@@ -175,7 +209,8 @@ def _render(args, prompt_dict, steps, unet) -> Image.Image:
     return Image.fromarray(np.full((h, w, 3), level, np.uint8))
 
 
-def sample_images(accelerator, args, epoch, steps, device, vae, tokenizer, text_encoder, unet, prompt_replacement=None):
+def sample_images(accelerator, args, epoch, steps, device, vae, tokenizer, text_encoder, unet, prompt_replacement=None,
+                  sample_prompts_te_outputs=None):
     """kohya's gating: step 0 only with --sample_at_first; sample_every_n_epochs wins over
     sample_every_n_steps; an epoch-end call samples only by epochs."""
     if steps == 0:
@@ -203,6 +238,12 @@ def sample_images(accelerator, args, epoch, steps, device, vae, tokenizer, text_
         with state.split_between_processes([prompts[i :: state.num_processes] for i in range(state.num_processes)]) as lists:
             mine = lists[0]
     for p in mine:
+        if sample_prompts_te_outputs is not None:
+            # FLUX/SD3/Lumina/Anima with cached text-encoder outputs and no text encoder at hand:
+            # an uncached prompt has no conditioning (flux_train_utils: unpacking [] fails)
+            for text in (p.get("prompt", ""), p.get("negative_prompt", "")):
+                if text not in sample_prompts_te_outputs:
+                    raise ValueError(f"not enough values to unpack (prompt {text!r} was not cached at setup)")
         image = _render(args, p, steps, accelerator.unwrap_model(unet))
         ts = time.strftime("%Y%m%d%H%M%S", time.localtime())
         num = f"e{epoch:06d}" if epoch is not None else f"{steps:06d}"

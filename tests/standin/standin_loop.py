@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import os
 import random
@@ -15,7 +16,7 @@ import time
 
 import torch
 
-from library import train_util
+from library import train_util  # the shim of standin_util.py the harness writes (kohya imports it under this name)
 
 
 class _TinyModel(torch.nn.Module):
@@ -113,6 +114,10 @@ class NetworkTrainer:
     def sample_images(self, accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet):
         train_util.sample_images(accelerator, args, epoch, global_step, device, vae, tokenizers[0], text_encoder, unet)
 
+    def cache_text_encoder_outputs_if_needed(self, args, accelerator, unet, vae, text_encoders, dataset, weight_dtype):
+        for t_enc in text_encoders:
+            t_enc.to(accelerator.device, dtype=weight_dtype)
+
     def post_process_network(self, args, accelerator, network, text_encoders, unet):
         pass
 
@@ -145,6 +150,7 @@ class NetworkTrainer:
         tokenize_strategy = self.get_tokenize_strategy(args)
         tokenizers = self.get_tokenizers(tokenize_strategy)
         text_encoders = [text_encoder]
+        self.cache_text_encoder_outputs_if_needed(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
 
         network_module = importlib.import_module(args.network_module)
         network = network_module.create_network(1.0, args.network_dim, args.network_alpha, vae, text_encoder, unet)
@@ -160,8 +166,32 @@ class NetworkTrainer:
         network, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(network, optimizer, train_dataloader, lr_scheduler)
         unet.to(accelerator.device)
 
-        if args.resume:
-            accelerator.load_state(args.resume)
+        # kohya's train_state.json rides along with every saved state (train_network.py L930-972)
+        current_epoch, current_step = [0], [0]
+
+        def save_model_hook(models, weights, output_dir):
+            if accelerator.is_main_process:
+                for i in reversed(range(len(models))):
+                    if not isinstance(models[i], type(accelerator.unwrap_model(network))) and len(weights) > i:
+                        weights.pop(i)
+            with open(os.path.join(output_dir, "train_state.json"), "w", encoding="utf-8") as f:
+                json.dump({"current_epoch": current_epoch[0], "current_step": current_step[0] + 1}, f)
+
+        steps_from_state = None
+
+        def load_model_hook(models, input_dir):
+            nonlocal steps_from_state
+            for i in reversed(range(len(models))):
+                if not isinstance(models[i], type(accelerator.unwrap_model(network))):
+                    models.pop(i)
+            state_file = os.path.join(input_dir, "train_state.json")
+            if os.path.exists(state_file):
+                with open(state_file, encoding="utf-8") as f:
+                    steps_from_state = json.load(f)["current_step"]
+
+        accelerator.register_save_state_pre_hook(save_model_hook)
+        accelerator.register_load_state_pre_hook(load_model_hook)
+        train_util.resume_from_local_or_hf_if_specified(accelerator, args)
 
         num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
         num_train_epochs = math.ceil(args.max_train_steps / num_update_steps_per_epoch)
@@ -177,8 +207,11 @@ class NetworkTrainer:
         }
         minimum_metadata = {k: metadata[k] for k in ("ss_network_module", "ss_network_dim", "ss_base_model_version")}
 
+        # on --resume (without --skip_until_initial_step) kohya skips whole epochs and restarts
+        # global_step at 0 (L1232-1273)
+        initial_step = steps_from_state or 0
+        epoch_to_start = initial_step // num_update_steps_per_epoch if initial_step > 0 else 0
         global_step = 0
-        epoch_to_start = 0
         train_util.init_trackers(accelerator, args, "network_train")
         losses: list[float] = []
 
@@ -208,10 +241,12 @@ class NetworkTrainer:
 
         for epoch in range(epoch_to_start, num_train_epochs):
             accelerator.print(f"\nepoch {epoch + 1}/{num_train_epochs}\n")
+            current_epoch[0] = epoch + 1
             metadata["ss_epoch"] = str(epoch + 1)
             accelerator.unwrap_model(network).on_epoch_start(text_encoder, unet)
 
             for step, batch in enumerate(train_dataloader):
+                current_step[0] = global_step
                 with accelerator.accumulate(network):
                     on_step_start_for_network(text_encoder, unet)
                     self.on_step_start(args, accelerator, network, text_encoders, unet, batch, weight_dtype, is_train=True)
@@ -232,6 +267,8 @@ class NetworkTrainer:
                         if accelerator.is_main_process:
                             save_model(train_util.get_step_ckpt_name(args, "." + args.save_model_as, global_step),
                                        accelerator.unwrap_model(network), global_step, epoch)
+                            if args.save_state:
+                                train_util.save_and_remove_state_stepwise(args, accelerator, global_step)
                             remove_no = train_util.get_remove_step_no(args, global_step)
                             if remove_no is not None:
                                 remove_model(train_util.get_step_ckpt_name(args, "." + args.save_model_as, remove_no))
@@ -258,6 +295,8 @@ class NetworkTrainer:
                     remove_no = train_util.get_remove_epoch_no(args, epoch + 1)
                     if remove_no is not None:
                         remove_model(train_util.get_epoch_ckpt_name(args, "." + args.save_model_as, remove_no))
+                    if args.save_state:
+                        train_util.save_and_remove_state_on_epoch_end(args, accelerator, epoch + 1)
 
             self.sample_images(accelerator, args, epoch + 1, global_step, accelerator.device, vae, tokenizers, text_encoder, unet)
 
@@ -297,6 +336,8 @@ def setup_parser() -> argparse.ArgumentParser:
     a("--save_state", action="store_true")
     a("--save_state_on_train_end", action="store_true")
     a("--resume", type=str, default=None)
+    a("--save_last_n_steps_state", type=int, default=None)
+    a("--save_last_n_epochs_state", type=int, default=None)
     a("--no_metadata", action="store_true")
     a("--train_batch_size", type=int, default=1)
     a("--max_train_steps", type=int, default=1600)

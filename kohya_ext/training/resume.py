@@ -1,0 +1,62 @@
+"""``--resume``: the extension's state rides in a side file inside kohya's state folder.
+
+kohya restarts ``global_step`` at 0 on resume and then overwrites its step-named checkpoint
+files, so the history is keyed by a cumulative step of our own (``cum_step``) plus the file
+evaluated. The side file (written by accelerate's save-state pre hook, read by its load-state
+pre hook; a state without it resumes with a warning) records the cumulative step and which
+evaluations belong to the weights in that state. On load, the leaderboard keeps exactly those
+evaluations (plus one made at the same step right after the state was saved, as kohya does at
+an epoch end); later ones, from a continuation the resume replaces, move to ``abandoned``.
+The early-stopping state (best score, patience count) is replayed from the kept history.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..io_utils import atomic_write_text
+from .early_stop import EarlyStopState, StopConfig, decide
+
+SIDE_FILE = "kohya_ext_consistency.json"
+FORMAT = "kohya-ext-state"
+
+
+def write_side_file(state_dir: str | Path, cum_step: int, segment: int, epoch: int, evals: list[int], best: dict | None) -> Path:
+    path = Path(state_dir) / SIDE_FILE
+    doc = {"format": FORMAT, "version": 1, "cum_step": int(cum_step), "segment": int(segment), "epoch": int(epoch),
+           "evaluations": [int(e) for e in evals], "best": best}
+    atomic_write_text(path, json.dumps(doc, indent=1, default=str))
+    return path
+
+
+def read_side_file(state_dir: str | Path) -> dict | None:
+    """The side file's contents, or None when the state has none (or an unreadable one)."""
+    path = Path(state_dir) / SIDE_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+
+
+def split_rows(rows: list[dict[str, Any]], side: dict) -> tuple[list[dict], list[dict]]:
+    """(kept, abandoned): the evaluations of the resumed lineage, and the others."""
+    evals, cum, seg = set(side.get("evaluations") or []), side["cum_step"], side.get("segment", 0)
+    kept, abandoned = [], []
+    for r in rows:
+        same_point = r.get("cum_step") == cum and (r.get("segment") or 0) == seg
+        (kept if r.get("eval") in evals or same_point else abandoned).append(r)
+    return kept, abandoned
+
+
+def replay(rows: list[dict[str, Any]], cfg: StopConfig) -> EarlyStopState:
+    """The early-stopping state after ``rows`` (best, patience count), with any stop lifted:
+    resuming asks for more training; the next evaluation applies the rules again."""
+    state = EarlyStopState()
+    for r in rows:
+        ok = r.get("status") == "ok" and r.get("score") is not None
+        state, _, _, _ = decide(state, float(r["score"]) if ok else None, cfg, eligible=ok and not r.get("memorized"))
+    return replace(state, stopped=False, reason="none", message="") if state.stopped else state

@@ -1,1 +1,0 @@
-"""Stand-in for sd-scripts' `library` package (CI only)."""

@@ -1,1 +1,0 @@
-"""Stand-in for sd-scripts' `networks` package (CI only)."""

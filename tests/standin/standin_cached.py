@@ -1,0 +1,27 @@
+"""A stand-in family that caches the text-encoder outputs of the sample prompts at setup, as
+FLUX, SD3, Lumina, HunyuanImage and Anima do with --cache_text_encoder_outputs (e.g.
+flux_train_network.py L255-272): it can then render only prompts that were cached."""
+
+from __future__ import annotations
+
+from library import train_util  # the harness's shim of standin_util.py
+from standin_loop import NetworkTrainer
+
+
+class CachedPromptsTrainer(NetworkTrainer):
+    def __init__(self):
+        super().__init__()
+        self.sample_prompts_te_outputs = None
+
+    def cache_text_encoder_outputs_if_needed(self, args, accelerator, unet, vae, text_encoders, dataset, weight_dtype):
+        if args.sample_prompts is not None:
+            cache = {}
+            for d in train_util.load_prompts(args.sample_prompts):
+                for text in (d.get("prompt", ""), d.get("negative_prompt", "")):
+                    cache.setdefault(text, ("encoded", text))
+            self.sample_prompts_te_outputs = cache
+            print(f"standin: cached text-encoder outputs of {len(cache)} prompt texts", flush=True)
+
+    def sample_images(self, accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet):
+        train_util.sample_images(accelerator, args, epoch, global_step, device, vae, tokenizers[0], text_encoder, unet,
+                                 sample_prompts_te_outputs=self.sample_prompts_te_outputs)
