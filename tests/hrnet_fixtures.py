@@ -19,6 +19,10 @@ from torch import nn
 #: file names inside a weights folder, as kohya_ext.backends.weights expects them
 FILE_NAMES = {"hrnetv2": "hrnetv2.safetensors", "yolov3": "yolov3.safetensors", "faster-rcnn": "faster-rcnn.safetensors"}
 DEFAULT_SEED = 1234
+#: bumped whenever build_model changes, so cached weight files are regenerated
+VERSION = 2
+#: factor on the YOLOv3 objectness/class logits (see build_model)
+SCORE_SHARPEN = 40.0
 
 
 def build_model(name: str, seed: int = DEFAULT_SEED) -> nn.Module:
@@ -40,6 +44,15 @@ def build_model(name: str, seed: int = DEFAULT_SEED) -> nn.Module:
                 module.bias.copy_(0.1 * torch.randn(n, generator=gen))
                 module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
                 module.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
+        if name == "yolov3":
+            # Default init gives objectness/class logits of std ~0.05: every box scores ~0.27,
+            # and NMS order then hangs on 1e-6 float noise. Sharpen those logits so scores
+            # spread over (0, 1) and box order is a property of the weights, not of rounding.
+            attribs = model.bbox_head.num_attrib
+            for conv in model.bbox_head.convs_pred:
+                rows = [a * attribs + i for a in range(conv.out_channels // attribs) for i in (4, 5)]
+                conv.weight[rows] *= SCORE_SHARPEN
+                conv.bias[rows] *= SCORE_SHARPEN
     return model.eval()
 
 
@@ -50,12 +63,25 @@ def write_weights(folder: str | Path, name: str, seed: int = DEFAULT_SEED) -> Pa
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / FILE_NAMES[name]
-    if not path.exists():
+    if not _is_current(path, seed):
         state = {k: v.contiguous() for k, v in build_model(name, seed).state_dict().items()}
         tmp = path.with_suffix(".tmp")
-        save_file(state, str(tmp), metadata={"seed": str(seed), "kind": "random-test-weights"})
+        save_file(state, str(tmp), metadata={"seed": str(seed), "version": str(VERSION), "kind": "random-test-weights"})
         tmp.replace(path)
     return path
+
+
+def _is_current(path: Path, seed: int) -> bool:
+    if not path.exists():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - truncated or foreign file: regenerate
+        return False
+    return meta.get("seed") == str(seed) and meta.get("version") == str(VERSION)
 
 
 def random_weights_dir(folder: str | Path, names: tuple[str, ...] = ("hrnetv2", "yolov3"), seed: int = DEFAULT_SEED) -> Path:
