@@ -6,7 +6,6 @@ Errors are one line on stderr and a non-zero exit code; `--debug` shows the trac
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path

@@ -13,17 +13,13 @@ Several class tokens mean several characters: callers can build one reference pe
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import KohyaExtError
 from .images import list_images
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from .toml_compat import tomllib
 
 _KOHYA_SUBSET = re.compile(r"^(\d+)_(.+)$")
 

@@ -19,10 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from .toml_compat import tomllib
 
 from .errors import KohyaExtError
 

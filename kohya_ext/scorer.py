@@ -17,7 +17,7 @@ import numpy as np
 
 from .backends import BackendSpec
 from .datasets import ImageGroup, resolve_image_groups
-from .errors import KohyaExtError
+
 from .images import list_images
 from .measure import ImageMeasurement, measure_arrays, measure_files
 from .ratios import ExclusionRules

@@ -69,21 +69,9 @@ def read_config(args: Any) -> dict[str, Any]:
     path = Path(name if str(name).endswith(".toml") else f"{name}.toml")
     if not path.is_file():
         return {}
-    try:
-        import tomllib
+    from kohya_ext.toml_compat import flatten_config, tomllib
 
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except ImportError:  # Python 3.10: sd-scripts requires the toml package
-        import toml
-
-        data = toml.loads(path.read_text(encoding="utf-8"))
-    flat: dict[str, Any] = {}
-    for k, v in data.items():
-        if isinstance(v, dict):
-            flat.update(v)
-        else:
-            flat[k] = v
-    return flat
+    return flatten_config(tomllib.loads(path.read_text(encoding="utf-8")))
 
 
 @dataclass

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from ..errors import KohyaExtError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from ..toml_compat import flatten_config as _flatten, tomllib
 
 CONSISTENCY_DIR = "consistency"  # where the training integration keeps its leaderboard
 RUN_RECORD = "run.json"
@@ -37,17 +33,6 @@ class TrainingData:
     path: Path
     found_in: Path
     key: str  # "train_data_dir", "dataset_config" or "datasets" (the file is a dataset config)
-
-
-def _flatten(cfg: dict) -> dict:
-    """Sections merged one level deep, the way sd-scripts reads a --config_file."""
-    flat: dict = {}
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            flat.update(v)
-        else:
-            flat[k] = v
-    return flat
 
 
 def _existing(value: str, config: Path) -> Path | None:

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import KohyaExtError
 from ..io_utils import atomic_write_text
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from ..toml_compat import tomllib
 
 # kohya's per-prompt options: "--w 512 --h 512 --d 7 --s 28 --l 7.5 --n negative ..."
 _OPTS = {
