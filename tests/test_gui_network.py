@@ -4,8 +4,8 @@ Launched as the GUI launches (kohya_gui/lora_gui.py, common_gui.run_cmd_advanced
 the stock script itself, ``--config_file`` a flat TOML holding ``network_module`` and
 ``network_args``, then the "Additional parameters" text with double quotes removed, split on
 whitespace and each item ``shlex.quote``d, run without a shell; PYTHONPATH holds sd-scripts.
-The stand-in's ``create_network`` call is given sd-scripts' network_args handling
-(train_network.py L663-697) in a copy made here; see ``_standin_with_network_args``.
+The stand-in handles network modules as sd-scripts does (import by dotted name, network_args
+as kwargs with the dropout workaround, ``prepare_network``, ``ss_network_args`` metadata).
 """
 
 from __future__ import annotations
@@ -32,42 +32,21 @@ _FAKE_LYCO = '''
 import json, os
 from networks.lora import StandinLoRANetwork
 
+class FakeLycoNetwork(StandinLoRANetwork):
+    def prepare_network(self, args):
+        with open(os.environ["FAKELYCO_RECORD"] + ".prepared", "w") as f:
+            json.dump(args.network_module, f)
+
 def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, unet, neuron_dropout=None, **kwargs):
     with open(os.environ["FAKELYCO_RECORD"], "w") as f:
         json.dump(kwargs, f)
-    return StandinLoRANetwork(dim=int(network_dim or 4))
+    return FakeLycoNetwork(dim=int(network_dim or 4))
 '''
 
-# (anchor in the stand-in, replacement): sd-scripts' network_args -> kwargs, dropout workaround,
-# prepare_network and the ss_network_args metadata, as train_network.py L663-697 / L1203 do.
-_PATCHES = [
-    ('    a("--network_alpha", type=float, default=1)\n',
-     '    a("--network_alpha", type=float, default=1)\n    a("--network_args", type=str, default=None, nargs="*")\n'
-     '    a("--network_dropout", type=float, default=None)\n'),
-    ("        network = network_module.create_network(1.0, args.network_dim, args.network_alpha, vae, text_encoder, unet)\n",
-     "        net_kwargs = dict(a.split('=', 1) for a in (args.network_args or []))\n"
-     "        if 'dropout' not in net_kwargs:\n            net_kwargs['dropout'] = args.network_dropout\n"
-     "        network = network_module.create_network(1.0, args.network_dim, args.network_alpha, vae, text_encoder, unet,\n"
-     "                                                neuron_dropout=args.network_dropout, **net_kwargs)\n"
-     "        if hasattr(network, 'prepare_network'):\n            network.prepare_network(args)\n"),
-    ("        minimum_metadata = {",
-     "        if args.network_args:\n            import json\n            metadata['ss_network_args'] = json.dumps(net_kwargs)\n"
-     "        minimum_metadata = {"),
-]
 
-
-def _standin_with_network_args(root: Path) -> Path:
-    """The stand-in checkout (harness shims), its loop given sd-scripts' network_args handling."""
-    loop = (h.STANDIN / "standin_loop.py").read_text()
-    for old, new in _PATCHES:
-        assert loop.count(old) == 1, f"stand-in changed: {old!r} not found once"
-        loop = loop.replace(old, new)
-    shim = h._SHIMS["train_network.py"]
-    assert shim.count("from standin_loop import") == 2
-    return h.standin_checkout(root / "sd-scripts", {
-        "standin_loop_netargs.py": loop,
-        "train_network.py": shim.replace("from standin_loop import", "from standin_loop_netargs import"),
-        "fakelyco/__init__.py": "", "fakelyco/kohya.py": _FAKE_LYCO})
+def _standin_with_fakelyco(root: Path) -> Path:
+    """The stand-in checkout (harness shims) plus a LyCORIS-like ``fakelyco.kohya`` network module."""
+    return h.standin_checkout(root / "sd-scripts", {"fakelyco/__init__.py": "", "fakelyco/kohya.py": _FAKE_LYCO})
 
 
 def gui_split(additional: str) -> list[str]:
@@ -125,7 +104,7 @@ def test_gui_lycoris_settings_survive_and_saves_are_scored(tmp_path):
     """The GUI chose fakelyco.kohya with its own network_args in the TOML; the user appended our
     module and options. The inner module gets exactly the GUI's kwargs, every save is scored, the
     best copy is kept, and the files' metadata names the inner module, as a stock run would."""
-    sd = _standin_with_network_args(tmp_path)
+    sd = _standin_with_fakelyco(tmp_path)
     h.make_dataset(tmp_path, 4)
     cfg = _gui_toml(tmp_path, 4, 2, "fakelyco.kohya", LYCO_ARGS,
                     {"logging_dir": str(tmp_path / "logs"), "log_with": "tensorboard"})
@@ -134,6 +113,8 @@ def test_gui_lycoris_settings_survive_and_saves_are_scored(tmp_path):
     _ok(proc)
     inner = json.loads((tmp_path / "inner_kwargs.json").read_text())
     assert inner == {"preset": "full", "conv_dim": "4", "conv_alpha": "1", "algo": "locon", "dropout": "0.1"}
+    # the loop called the inner network's prepare_network with its args (our module name in them)
+    assert json.loads((tmp_path / "inner_kwargs.json.prepared").read_text()) == "kohya_ext.gui_network"
     board = _board(tmp_path)
     assert [(r["kohya_step"], r["checkpoint"], r["score"]) for r in board] == [
         (2, "tiny-step00000002.safetensors", 0.5), (4, "tiny-step00000004.safetensors", 0.7)]
@@ -155,7 +136,7 @@ def test_gui_lycoris_settings_survive_and_saves_are_scored(tmp_path):
 def test_gui_early_stop_exact_step_exit_zero(tmp_path):
     """Patience 2 stops at the 4th evaluation (step 8, mid-epoch): no optimizer step after it, the
     process exits 0, the final file holds step 8 and the best copy (step 4) survives rotation."""
-    sd = _standin_with_network_args(tmp_path)
+    sd = _standin_with_fakelyco(tmp_path)
     h.make_dataset(tmp_path, 6)
     cfg = _gui_toml(tmp_path, 30, 2, "networks.lora", [], {"save_last_n_steps": 2})
     proc = _run_gui(tmp_path, sd, cfg, "--network_module kohya_ext.gui_network --network_args consistency_scorer=fake_scorers:scripted "
@@ -177,7 +158,7 @@ def test_gui_early_stop_exact_step_exit_zero(tmp_path):
 def test_gui_two_processes_stop_at_the_same_step(tmp_path):
     """Hooks are installed on every rank (create_network runs on each), so the broadcast stop
     decision reaches both ranks at the same step, as on the command-line path."""
-    sd = _standin_with_network_args(tmp_path)
+    sd = _standin_with_fakelyco(tmp_path)
     h.make_dataset(tmp_path, 12)
     cfg = _gui_toml(tmp_path, 16, 2, "networks.lora", [])
     proc = _run_gui(tmp_path, sd, cfg, "--network_module kohya_ext.gui_network --network_args consistency_scorer=fake_scorers:scripted "
@@ -190,7 +171,7 @@ def test_gui_two_processes_stop_at_the_same_step(tmp_path):
 
 
 def test_gui_consistency_false_only_delegates_and_bad_option_is_one_line(tmp_path):
-    sd = _standin_with_network_args(tmp_path)
+    sd = _standin_with_fakelyco(tmp_path)
     h.make_dataset(tmp_path, 4)
     cfg = _gui_toml(tmp_path, 2, 2, "fakelyco.kohya", ["algo=lokr"])
     proc = _run_gui(tmp_path, sd, cfg, "--network_module kohya_ext.gui_network --network_args consistency=false")

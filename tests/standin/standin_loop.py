@@ -152,10 +152,32 @@ class NetworkTrainer:
         text_encoders = [text_encoder]
         self.cache_text_encoder_outputs_if_needed(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
 
+        # the network module by its dotted name (train_network.py L641-644); the shim's folder is
+        # already on sys.path, as sd-scripts' own folder is there
+        accelerator.print("import network module:", args.network_module)
         network_module = importlib.import_module(args.network_module)
-        network = network_module.create_network(1.0, args.network_dim, args.network_alpha, vae, text_encoder, unet)
-        network.apply_to(text_encoder, unet, True, True)
+
+        # --network_args key=value items become keyword arguments; LyCORIS reads "dropout" (L663-697)
+        net_kwargs = {}
+        for item in args.network_args or []:
+            key, value = item.split("=", 1)
+            net_kwargs[key] = value
+        if args.dim_from_weights:
+            network, _ = network_module.create_network_from_weights(1, args.network_weights, vae, text_encoder, unet, **net_kwargs)
+        else:
+            if "dropout" not in net_kwargs:
+                net_kwargs["dropout"] = args.network_dropout
+            network = network_module.create_network(1.0, args.network_dim, args.network_alpha, vae, text_encoder, unet,
+                                                    neuron_dropout=args.network_dropout, **net_kwargs)
+        if network is None:
+            return
+        if hasattr(network, "prepare_network"):
+            network.prepare_network(args)
         self.post_process_network(args, accelerator, network, text_encoders, unet)
+        network.apply_to(text_encoder, unet, True, True)
+        if args.network_weights is not None:
+            info = network.load_weights(args.network_weights)
+            accelerator.print(f"load network weights from {args.network_weights}: {info}")
 
         params, lr_descriptions = network.prepare_optimizer_params(args.text_encoder_lr, args.unet_lr, args.learning_rate)
         optimizer = torch.optim.AdamW(params, lr=args.learning_rate)
@@ -205,6 +227,8 @@ class NetworkTrainer:
             "ss_network_module": args.network_module, "ss_network_dim": str(args.network_dim),
             "ss_base_model_version": model_version,
         }
+        if args.network_args:  # the kwargs as passed, dropout included (L1203-1204)
+            metadata["ss_network_args"] = json.dumps(net_kwargs)
         minimum_metadata = {k: metadata[k] for k in ("ss_network_module", "ss_network_dim", "ss_base_model_version")}
 
         # on --resume (without --skip_until_initial_step) kohya skips whole epochs and restarts
@@ -350,9 +374,13 @@ def setup_parser() -> argparse.ArgumentParser:
     a("--unet_lr", type=float, default=None)
     a("--text_encoder_lr", type=float, default=None)
     a("--optimizer_type", type=str, default="AdamW")
+    a("--network_weights", type=str, default=None)
     a("--network_module", type=str, default=None)
     a("--network_dim", type=int, default=None)
     a("--network_alpha", type=float, default=1)
+    a("--network_dropout", type=float, default=None)
+    a("--network_args", type=str, default=None, nargs="*")
+    a("--dim_from_weights", action="store_true")
     a("--sample_every_n_steps", type=int, default=None)
     a("--sample_every_n_epochs", type=int, default=None)
     a("--sample_at_first", action="store_true")
