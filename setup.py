@@ -52,8 +52,10 @@ setup(
     extras_require={
         "trackers": ["tensorboard>=2.10", "wandb>=0.15"],
         "report": ["matplotlib>=3.6"],
-        # accelerate: the stand-in of sd-scripts' loop uses it as sd-scripts does (sd-scripts pins 1.6.0)
-        "test": ["pytest>=7", "tensorboard>=2.10", "matplotlib>=3.6", "wandb>=0.15", "accelerate>=0.33"],
+        # accelerate: the stand-in of sd-scripts' loop uses it as sd-scripts does, at the version
+        # sd-scripts v0.10.x pins in its requirements.txt (1.6.0). With accelerate 1.15 the two-rank
+        # early-stop test fails (rank 1 trains on): an open issue, see docs/training.md.
+        "test": ["pytest>=7", "tensorboard>=2.10", "matplotlib>=3.6", "wandb>=0.15", "accelerate==1.6.0"],
     },
     entry_points={"console_scripts": ["kohya-ext=kohya_ext.cli:main"]},
     classifiers=[
