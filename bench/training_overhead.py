@@ -67,7 +67,7 @@ def main() -> int:
             del args[i : i + 2]  # no user samples: measure ours only
             prompts = json.loads((Path(tiny_dir) / "tiny_sd.json").read_text())["prompts_file"]
             kw = dict(sd_scripts=Path(os.environ["KOHYA_SD_SCRIPTS"]), python=os.environ["KOHYA_SD_PYTHON"], timeout=3600)
-            env = {"PYTHONPATH": str(_overlay(root))}
+            env = {"PYTHONPATH": str(h.working_tree_overlay(root, os.environ["KOHYA_SD_PYTHON"]))}
         else:
             h.make_dataset(run, 8, tiles[8:16] if tiles else None, size=128)
             args = h.base_args(run, steps=a.steps, save_every=a.save_every) + ["--resolution", "128"]
@@ -97,34 +97,12 @@ def main() -> int:
     n = len(board)
     render = sum(r["seconds_render"] for r in board) / max(1, n)
     score = sum(r["seconds_score"] for r in board) / max(1, n)
-    print(f"| loop | steps | evaluations | wall off (s) | wall on (s) | overhead (s) | overhead | render / eval (s) | score / eval (s) |")
+    print("| loop | steps | evaluations | wall off (s) | wall on (s) | overhead (s) | overhead | render / eval (s) | score / eval (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {'sd-scripts tiny SD1.x' if a.real else 'stand-in'} | {a.steps} | {n} | {off_wall:.1f} | {on_wall:.1f} | "
           f"{on_wall - off_wall:.1f} | {100 * (on_wall - off_wall) / off_wall:.0f}% | {render:.2f} | {score:.2f} |")
     shutil.rmtree(root, ignore_errors=True)
     return 0
-
-
-def _overlay(root: Path) -> Path:
-    pkg = root / "overlay" / "kohya_ext"
-    if not pkg.exists():
-        pkg.mkdir(parents=True)
-        for entry in (REPO / "kohya_ext").iterdir():
-            if entry.name != "__pycache__":
-                (pkg / entry.name).symlink_to(entry)
-        for sub in ("callbacks", "patches", "presets"):
-            (pkg / sub).symlink_to(REPO / sub)
-        # a pristine sd-scripts venv lacks the animeface wheel (nvxs): lend it ours (same Python minor)
-        import subprocess
-
-        if subprocess.run([os.environ["KOHYA_SD_PYTHON"], "-c", "import animeface"], capture_output=True).returncode != 0:
-            import animeface
-
-            site = Path(animeface.__file__).resolve().parent.parent
-            for name in ("animeface", "animeface.libs"):
-                if (site / name).exists():
-                    (root / "overlay" / name).symlink_to(site / name)
-    return root / "overlay"
 
 
 if __name__ == "__main__":

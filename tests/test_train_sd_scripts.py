@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,25 +36,7 @@ pytestmark = [
 
 
 def _overlay(tmp: Path) -> Path:
-    """A PYTHONPATH folder whose kohya_ext is this working tree (callbacks/ and patches/ mapped in)."""
-    pkg = tmp / "overlay" / "kohya_ext"
-    pkg.mkdir(parents=True)
-    for entry in (REPO / "kohya_ext").iterdir():
-        if entry.name != "__pycache__":
-            (pkg / entry.name).symlink_to(entry)
-    for sub in ("callbacks", "patches", "presets"):
-        (pkg / sub).symlink_to(REPO / sub)
-    # The nvxs backend needs the animeface wheel; a pristine sd-scripts venv lacks it, so lend it
-    # ours (same Python minor version required) rather than installing into that venv.
-    has = subprocess.run([PY, "-c", "import animeface"], capture_output=True).returncode == 0
-    if not has:
-        import animeface
-
-        site = Path(animeface.__file__).resolve().parent.parent
-        for name in ("animeface", "animeface.libs"):
-            if (site / name).exists():
-                (tmp / "overlay" / name).symlink_to(site / name)
-    return tmp / "overlay"
+    return h.working_tree_overlay(tmp, PY)
 
 
 def _tiny() -> dict:

@@ -162,3 +162,30 @@ def read_wandb(run_file: Path) -> tuple[list[dict], dict, dict]:
         elif kind == "config":
             config.update({key(i): json.loads(i.value_json) for i in r.config.update})
     return history, summary, config
+
+
+def working_tree_overlay(dest: Path, sd_python: str) -> Path:
+    """A PYTHONPATH folder under ``dest`` whose ``kohya_ext`` is this working tree (callbacks/,
+    patches/ and presets/ mapped in), for running real sd-scripts without installing into its venv.
+
+    The nvxs backend needs the animeface wheel; a pristine sd-scripts venv lacks it, so ours is lent
+    (same Python minor version required) rather than installed there.
+    """
+    overlay = Path(dest) / "overlay"
+    pkg = overlay / "kohya_ext"
+    if pkg.exists():
+        return overlay
+    pkg.mkdir(parents=True)
+    for entry in (REPO / "kohya_ext").iterdir():
+        if entry.name != "__pycache__":
+            (pkg / entry.name).symlink_to(entry)
+    for sub in ("callbacks", "patches", "presets"):
+        (pkg / sub).symlink_to(REPO / sub)
+    if subprocess.run([sd_python, "-c", "import animeface"], capture_output=True).returncode != 0:
+        import animeface
+
+        site = Path(animeface.__file__).resolve().parent.parent
+        for name in ("animeface", "animeface.libs"):
+            if (site / name).exists():
+                (overlay / name).symlink_to(site / name)
+    return overlay
