@@ -168,15 +168,12 @@ class GuiSession:
         self.opts = from_args(plan_.options)
         self.cb: Any = None
         self.done = False
-        self.train_util = sys.modules.get("library.train_util")
 
     def start(self) -> None:
         from kohya_ext.callbacks import ConsistencyCallback
-        from kohya_ext.patches.sd_scripts import KohyaSurface, _install_instance_hooks
+        from kohya_ext.patches.sd_scripts import KohyaSurface, _install_instance_hooks, resolve_surface
 
-        if self.train_util is None:
-            raise KohyaExtError("kohya_ext.gui_network: library.train_util is not loaded: run it from an sd-scripts *_train_network.py script")
-        self.surface = KohyaSurface(self.train_util)
+        self.surface = KohyaSurface(resolve_surface(type(self.trainer)))
         self.cb = ConsistencyCallback(self.opts, self.surface)
         is_main = self.accelerator.is_main_process if self.accelerator is not None else int(os.environ.get("RANK", "0")) == 0
         self.cb.on_fit_start(self.args, is_main=is_main)
@@ -226,7 +223,7 @@ class GuiSession:
         no other way out, and every family's ``__main__`` ends at ``trainer.train(args)``."""
         from kohya_ext.patches.sd_scripts import _finish_after_stop
 
-        _finish_after_stop(self.args, self.train_util, self.cb, stop)
+        _finish_after_stop(self.args, self.surface.fns, self.cb, stop)
         self.finish(True)
         raise SystemExit(0)
 

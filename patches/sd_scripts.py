@@ -8,7 +8,8 @@ How it hooks in, without editing sd-scripts:
 - ``train_network.NetworkTrainer.train`` is wrapped: every family's trainer subclasses it, so
   the hooks are installed on the trainer instance and call through the family's overrides
   (``sample_images``, ``post_process_network``) - nothing else of sd-scripts is replaced.
-Checked against sd-scripts v0.10.1 / main 48d368fa (train_network.py line numbers there).
+Checked against sd-scripts v0.10.1 (main 48d368fa) and v0.11.1 (6721028c); line numbers are
+v0.10.1's train_network.py. What each hook relies on, per version: docs/compatibility.md.
 """
 
 from __future__ import annotations
@@ -21,20 +22,62 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from kohya_ext.errors import KohyaExtError
 
-SUPPORTED = "sd-scripts v0.10.0 and v0.10.1 (main since 2026-01; the sd3 branch since 2025-02 has the same hooks)"
 TRAINERS = ("train_network.py", "sdxl_train_network.py", "sd3_train_network.py", "flux_train_network.py",
             "lumina_train_network.py", "hunyuan_image_train_network.py", "anima_train_network.py")
 # NetworkTrainer methods we call or rely on (the hook surface), and sample_images' parameters.
 _REQUIRED_METHODS = ("train", "sample_images", "post_process_network", "step_logging", "epoch_logging",
                      "accelerator_logging", "process_batch", "on_step_start", "cache_text_encoder_outputs_if_needed")
 _SAMPLE_PARAMS = 10  # self, accelerator, args, epoch, global_step, device, vae, tokenizer(s), text_encoder, unet
-_TRAIN_UTIL = ("read_config_from_file", "get_step_ckpt_name", "get_epoch_ckpt_name", "get_last_ckpt_name",
-               "save_state_on_train_end", "verify_command_line_training_args", "load_prompts")
+
+
+@dataclass(frozen=True)
+class SurfaceSpec:
+    """One supported sd-scripts version: where each function kohya-ext calls is defined.
+
+    The functions are imported from these modules (never read out of ``sys.modules``), so the
+    GUI path, which starts inside an already running trainer, resolves them the same way.
+    """
+
+    name: str
+    marker: str  # a file under the checkout that only this version's layout has
+    functions: dict[str, str]  # function -> defining module
+
+
+_FUNCTIONS = ("read_config_from_file", "verify_command_line_training_args", "get_step_ckpt_name",
+              "get_epoch_ckpt_name", "get_last_ckpt_name", "save_state_on_train_end", "load_prompts")
+# Newest first: a checkout is matched by its layout marker, then checked function by function.
+SURFACES = (
+    # v0.11.0 (#2372) split library/train_util.py; train_util still re-exports, but no trainer imports it.
+    SurfaceSpec("v0.11.x", "library/checkpoint_io.py", {
+        "read_config_from_file": "library.args", "verify_command_line_training_args": "library.args",
+        "get_step_ckpt_name": "library.checkpoint_io", "get_epoch_ckpt_name": "library.checkpoint_io",
+        "get_last_ckpt_name": "library.checkpoint_io", "save_state_on_train_end": "library.checkpoint_io",
+        "load_prompts": "library.sampling"}),
+    SurfaceSpec("v0.10.x", "library/train_util.py", {f: "library.train_util" for f in _FUNCTIONS}),
+)
+SUPPORTED = ("sd-scripts " + " and ".join(s.name for s in reversed(SURFACES))
+             + " (v0.10.0/v0.10.1 and the sd3 branch since 2025-02; v0.11.0/v0.11.1, the kohya_ss GUI's since v26)")
+
+
+@dataclass(frozen=True)
+class Surface:
+    """A checked sd-scripts checkout: its version's spec, the trainer base class and the functions."""
+
+    spec: SurfaceSpec
+    root: Path
+    trainer_class: Any
+    functions: SimpleNamespace
+
+    @property
+    def version(self) -> str:
+        return self.spec.name
 
 
 # -- finding and checking sd-scripts --------------------------------------------------------
@@ -72,27 +115,62 @@ def load_script(path: Path) -> Any:
     return module
 
 
-def check_surface(module: Any) -> tuple[Any, Any]:
-    """(NetworkTrainer base class, train_util), or a KohyaExtError naming what is missing."""
-    where = Path(module.__file__).parent
-    base = sys.modules.get("train_network")
-    if base is None or not hasattr(base, "NetworkTrainer"):
-        raise KohyaExtError(f"{module.__file__}: not an sd-scripts network trainer (no train_network.NetworkTrainer); "
+def _import(name: str) -> tuple[Any | None, str]:
+    """(module, "") or (None, why): an sd-scripts module that fails to import names its error."""
+    try:
+        return importlib.import_module(name), ""
+    except ImportError as e:
+        return None, f" ({type(e).__name__}: {e})"
+
+
+def resolve_surface(trainer_class: Any) -> Surface:
+    """The sd-scripts version ``trainer_class`` (``NetworkTrainer`` or a family's subclass)
+    belongs to, with its functions imported; a KohyaExtError naming what is missing otherwise."""
+    base = next((c for c in inspect.getmro(trainer_class) if c.__name__ == "NetworkTrainer"), None)
+    if base is None:
+        raise KohyaExtError(f"{trainer_class.__name__}: not an sd-scripts network trainer (no NetworkTrainer base); "
                             f"kohya-ext supports {', '.join(TRAINERS)}")
-    cls = base.NetworkTrainer
-    missing = [m for m in _REQUIRED_METHODS if not callable(getattr(cls, m, None))]
-    train_util = sys.modules.get("library.train_util")
-    missing += [f"train_util.{f}" for f in _TRAIN_UTIL if train_util is None or not hasattr(train_util, f)]
-    if not missing:
-        n = len(inspect.signature(cls.sample_images).parameters)
+    here = Path(inspect.getfile(base)).resolve().parent
+    if (here / "library").is_dir() and str(here) not in sys.path:
+        sys.path.insert(0, str(here))
+    library, why = _import("library")  # the package the trainer itself imports its helpers from
+    if library is None:
+        raise KohyaExtError(f"sd-scripts' library package does not import{why}: run from your sd-scripts folder "
+                            f"or with its folder on PYTHONPATH")
+    root = Path(library.__file__).resolve().parent.parent
+    spec = next((s for s in SURFACES if (root / s.marker).is_file()), None)
+    if spec is None:
+        raise KohyaExtError(f"sd-scripts at {root} has neither {' nor '.join(s.marker for s in SURFACES)}; "
+                            f"kohya-ext supports {SUPPORTED}")
+    missing = [m for m in _REQUIRED_METHODS if not callable(getattr(base, m, None))]
+    functions = {}
+    for fn, module_name in spec.functions.items():
+        module, why = _import(module_name)
+        f = getattr(module, fn, None)
+        if callable(f):
+            functions[fn] = f
+        else:
+            missing.append(f"{module_name}.{fn}{why}")
+    if callable(getattr(base, "sample_images", None)):
+        n = len(inspect.signature(base.sample_images).parameters)
         if n != _SAMPLE_PARAMS:
             missing.append(f"sample_images with {_SAMPLE_PARAMS - 1} arguments (found {n - 1})")
-    if not hasattr(module, "setup_parser"):
-        missing.append(f"{Path(module.__file__).name}: setup_parser")
     if missing:
-        raise KohyaExtError(f"sd-scripts at {where} has an unsupported hook surface (missing: {', '.join(missing)}); "
-                            f"kohya-ext supports {SUPPORTED}")
-    return cls, train_util
+        raise KohyaExtError(f"sd-scripts at {root} looks like {spec.name} but its hook surface differs (missing: "
+                            f"{', '.join(missing)}); kohya-ext supports {SUPPORTED}: see docs/compatibility.md")
+    return Surface(spec, root, base, SimpleNamespace(**functions))
+
+
+def check_surface(module: Any) -> Surface:
+    """The surface of a loaded trainer script, or a KohyaExtError naming what is missing."""
+    base = getattr(sys.modules.get("train_network"), "NetworkTrainer", None) or getattr(module, "NetworkTrainer", None)
+    if base is None:
+        raise KohyaExtError(f"{module.__file__}: not an sd-scripts network trainer (no train_network.NetworkTrainer); "
+                            f"kohya-ext supports {', '.join(TRAINERS)}")
+    surface = resolve_surface(base)
+    if not hasattr(module, "setup_parser"):
+        raise KohyaExtError(f"{Path(module.__file__).name}: has no setup_parser; kohya-ext supports {SUPPORTED}")
+    return surface
 
 
 def _main_block(module: Any) -> Any:
@@ -108,10 +186,11 @@ def _main_block(module: Any) -> Any:
 
 class KohyaSurface:
     """Save cadence and checkpoint names as sd-scripts computes them (train_network.py L1496-1509,
-    L1686-1696; train_util.get_*_ckpt_name), read live from ``args``."""
+    L1686-1696; ``get_*_ckpt_name``), read live from ``args``."""
 
-    def __init__(self, train_util: Any):
-        self.tu = train_util
+    def __init__(self, surface: Surface):
+        self.version = surface.version
+        self.fns = surface.functions
 
     @staticmethod
     def step_save_due(args: Any, global_step: int) -> bool:
@@ -128,13 +207,13 @@ class KohyaSurface:
         return bool(n) and epoch % n == 0
 
     def step_ckpt_name(self, args: Any, ext: str, step: int) -> str:
-        return self.tu.get_step_ckpt_name(args, ext, step)
+        return self.fns.get_step_ckpt_name(args, ext, step)
 
     def epoch_ckpt_name(self, args: Any, ext: str, epoch: int) -> str:
-        return self.tu.get_epoch_ckpt_name(args, ext, epoch)
+        return self.fns.get_epoch_ckpt_name(args, ext, epoch)
 
     def last_ckpt_name(self, args: Any, ext: str) -> str:
-        return self.tu.get_last_ckpt_name(args, ext)
+        return self.fns.get_last_ckpt_name(args, ext)
 
 
 def render_with(sample_images: Any, accelerator: Any, args: Any, global_step: int, models: tuple) -> Any:
@@ -248,7 +327,7 @@ def _install_instance_hooks(trainer: Any, cb: Any, surface: KohyaSurface) -> Non
         trace("cache_text_encoder_outputs_if_needed", None, None, (args, accelerator, unet, vae, text_encoders, dataset, weight_dtype))
         user = args.sample_prompts
         try:
-            args.sample_prompts = str(cache_prompt_file(cb.prompt_file, user, surface.tu.load_prompts, cb.folder / "prompts-to-cache.json"))
+            args.sample_prompts = str(cache_prompt_file(cb.prompt_file, user, surface.fns.load_prompts, cb.folder / "prompts-to-cache.json"))
         except Exception as e:  # never block training over our prompts
             print(f"kohya-ext: could not add the evaluation prompts to the prompt cache: {e}", flush=True)
             return orig_cache(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
@@ -284,17 +363,17 @@ def _wrap_network(network: Any, cb: Any) -> None:
     network.on_epoch_start = on_epoch_start
 
 
-def _finish_after_stop(args: Any, train_util: Any, cb: Any, stop: Any) -> None:
+def _finish_after_stop(args: Any, fns: Any, cb: Any, stop: Any) -> None:
     """The tail of ``train()`` (L1719-1729) after an early stop left it at the epoch end:
     trackers closed, optional end state, and the final ``{output_name}.{ext}`` written from
     the weights of the stop step (no optimizer step ran after the decision)."""
     accelerator = cb.accelerator
     accelerator.end_training()
     if accelerator.is_main_process and (getattr(args, "save_state", False) or getattr(args, "save_state_on_train_end", False)):
-        train_util.save_state_on_train_end(args, accelerator)
+        fns.save_state_on_train_end(args, accelerator)
     if accelerator.is_main_process and cb.network is not None:
         ext = "." + args.save_model_as
-        path = os.path.join(args.output_dir, train_util.get_last_ckpt_name(args, ext))
+        path = os.path.join(args.output_dir, fns.get_last_ckpt_name(args, ext))
         last = cb.last_save or {}
         meta = dict(last.get("metadata") or {})
         if meta:
@@ -307,7 +386,8 @@ def _finish_after_stop(args: Any, train_util: Any, cb: Any, stop: Any) -> None:
 
 def install(module: Any) -> None:
     """Wrap the script's ``setup_parser`` and ``NetworkTrainer.train`` (idempotent)."""
-    base, train_util = check_surface(module)
+    checked = check_surface(module)
+    base = checked.trainer_class
     from kohya_ext.training.options import add_arguments
 
     orig_setup = module.setup_parser
@@ -332,7 +412,7 @@ def install(module: Any) -> None:
             return orig_train(self, args)
         from kohya_ext.callbacks import ConsistencyCallback, EarlyStopped
 
-        surface = KohyaSurface(train_util)
+        surface = KohyaSurface(checked)
         cb = ConsistencyCallback(opts, surface)
         cb.on_fit_start(args, is_main=int(os.environ.get("RANK", "0")) == 0)
         _install_instance_hooks(self, cb, surface)
@@ -341,7 +421,7 @@ def install(module: Any) -> None:
             orig_train(self, args)
         except EarlyStopped as stop:
             stopped = True
-            _finish_after_stop(args, train_util, cb, stop)
+            _finish_after_stop(args, surface.fns, cb, stop)
         finally:
             cb.on_fit_end(getattr(cb, "accelerator", None), stopped)
         trace("train_end", cb.current_step, cb.epoch, ())

@@ -53,9 +53,30 @@ _SHIMS = {
 }
 
 
-def standin_checkout(dest: Path, extra: dict[str, str] | None = None) -> Path:
-    """A fake sd-scripts folder at ``dest``: the shims above (plus ``extra`` {name: source})."""
-    for name, text in {**_SHIMS, **(extra or {})}.items():
+_REEXPORT = "import sys\n\nsys.path.insert(0, {standin!r})\nfrom standin_util import {names}  # noqa: E402,F401\n"
+# v0.11's layout (#2372): library/train_util.py split into args / checkpoint_io / sampling / ...
+# (train_util still re-exports), and the trainers import the new modules, not train_util.
+_SHIMS_V011 = {
+    "train_network.py": _SHIMS["train_network.py"]
+    .replace("from library import train_util  # noqa: E402\n", "import library.args as args_util  # noqa: E402\n")
+    .replace("train_util.verify_command_line_training_args", "args_util.verify_command_line_training_args")
+    .replace("train_util.read_config_from_file", "args_util.read_config_from_file"),
+    "cached_train_network.py": _SHIMS["cached_train_network.py"]
+    .replace("from library import train_util  # noqa: E402\n", "import library.args as args_util  # noqa: E402\n")
+    .replace("train_util.read_config_from_file", "args_util.read_config_from_file"),
+    "library/args.py": _REEXPORT.replace("{names}", "read_config_from_file, verify_command_line_training_args"),
+    "library/checkpoint_io.py": _REEXPORT.replace(
+        "{names}", "get_epoch_ckpt_name, get_last_ckpt_name, get_step_ckpt_name, save_state_on_train_end"),
+    "library/sampling.py": _REEXPORT.replace("{names}", "load_prompts, sample_images"),
+}
+LAYOUTS = ("v0.10", "v0.11")
+
+
+def standin_checkout(dest: Path, extra: dict[str, str] | None = None, layout: str = "v0.10") -> Path:
+    """A fake sd-scripts folder at ``dest`` in the module layout of sd-scripts ``layout``:
+    the shims above (plus ``extra`` {name: source})."""
+    shims = {**_SHIMS, **(_SHIMS_V011 if layout == "v0.11" else {})}
+    for name, text in {**shims, **(extra or {})}.items():
         f = Path(dest) / name
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(text.replace("{standin!r}", repr(str(STANDIN))))
@@ -88,11 +109,12 @@ def base_args(root: Path, steps: int = 4, save_every: int = 2) -> list[str]:
 
 
 def run_trainer(root: Path, args: list[str], env: dict | None = None, nproc: int = 1, script: str = "train_network.py",
-                sd_scripts: Path | None = None, python: str = sys.executable, timeout: float = 180) -> subprocess.CompletedProcess:
+                sd_scripts: Path | None = None, python: str = sys.executable, timeout: float = 180,
+                layout: str = "v0.10") -> subprocess.CompletedProcess:
     """``python -m kohya_ext SCRIPT ARGS`` (or torchrun with ``nproc`` gloo processes), hook trace on.
-    Without ``sd_scripts``, the stand-in checkout (shims written under ``root``)."""
+    Without ``sd_scripts``, the stand-in checkout in ``layout`` (shims written under ``root``)."""
     if sd_scripts is None:
-        sd_scripts = standin_checkout(Path(root) / "sd-scripts-standin")
+        sd_scripts = standin_checkout(Path(root) / "sd-scripts-standin", layout=layout)
     e = {**os.environ, "KOHYA_SD_SCRIPTS": str(sd_scripts), "KOHYA_EXT_TRACE": str(root / "trace.jsonl"),
          "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
     if nproc == 1:
