@@ -28,7 +28,7 @@ from kohya_ext.training import trackers
 from kohya_ext.training.early_stop import EarlyStopState, StopConfig, decide
 from kohya_ext.training.leaderboard import Leaderboard
 from kohya_ext.training.options import ConsistencyOptions
-from kohya_ext.training.prompts import (assign_characters, derive_prompts, fix_prompts, load_prompt_file,
+from kohya_ext.training.prompts import (assign_characters, default_prompts, fix_prompts, load_prompt_file,
                                         parse_resolution, write_prompt_file)
 from kohya_ext.training.worker import ScoringWorker, choose_device
 
@@ -111,12 +111,7 @@ class ConsistencyCallback(Callback):
         if self.opts.prompts:
             prompts = load_prompt_file(self.opts.prompts)
         else:
-            from kohya_ext.datasets import resolve_image_groups
-
-            ref = self.reference_source(args)
-            if ref.endswith(".json"):
-                raise KohyaExtError("with a ref.json reference, give --consistency_prompts FILE (there are no captions to derive prompts from)")
-            prompts = derive_prompts(resolve_image_groups(ref), self.opts.num_prompts, getattr(args, "caption_extension", None))
+            prompts = default_prompts(args, self.reference_source(args), self.opts.num_prompts)
         size = parse_resolution(getattr(args, "resolution", None))
         if self.opts.size:
             size = (self.opts.size, self.opts.size)

@@ -26,17 +26,19 @@ _KOHYA_SUBSET = re.compile(r"^(\d+)_(.+)$")
 
 @dataclass
 class ImageGroup:
-    """Images of one subset / character. ``name`` is its class token (or folder name)."""
+    """Images of one subset / character. ``name`` is its class token (or folder name);
+    ``class_tokens`` is set only where kohya has one (a folder name is not a prompt)."""
 
     name: str
     paths: list[Path] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    class_tokens: str | None = None
 
 
 def _merge(groups: list[ImageGroup]) -> list[ImageGroup]:
     by_name: dict[str, ImageGroup] = {}
     for g in groups:
-        tgt = by_name.setdefault(g.name, ImageGroup(g.name))
+        tgt = by_name.setdefault(g.name, ImageGroup(g.name, class_tokens=g.class_tokens))
         tgt.paths.extend(p for p in g.paths if p not in tgt.paths)
         tgt.sources.extend(g.sources)
     return list(by_name.values())
@@ -54,7 +56,7 @@ def groups_from_train_data_dir(root: Path) -> list[ImageGroup] | None:
             paths = list_images(d)
         except KohyaExtError:
             continue  # an empty subset folder is not an error by itself
-        groups.append(ImageGroup(name, paths, [str(d)]))
+        groups.append(ImageGroup(name, paths, [str(d)], class_tokens=name))
     if not groups:
         raise KohyaExtError(f"{root}: kohya subset folders ({', '.join(d.name for d in subsets)}) hold no images")
     return _merge(groups)
@@ -83,8 +85,9 @@ def groups_from_dataset_config(path: Path) -> list[ImageGroup]:
             image_dir = Path(image_dir)
             if not image_dir.is_absolute():
                 image_dir = (path.parent / image_dir).resolve() if not image_dir.exists() else image_dir
-            name = str(merged.get("class_tokens") or image_dir.name)
-            groups.append(ImageGroup(name, list_images(image_dir, recursive=bool(merged.get("recursive", False))), [str(image_dir)]))
+            tokens = str(merged["class_tokens"]).strip() if merged.get("class_tokens") else None
+            groups.append(ImageGroup(tokens or image_dir.name, list_images(image_dir, recursive=bool(merged.get("recursive", False))),
+                                     [str(image_dir)], class_tokens=tokens))
     if not groups:
         reg = f" ({skipped_reg} regularisation subsets left out)" if skipped_reg else ""
         raise KohyaExtError(f"{path}: no training image subsets with an image_dir{reg}")

@@ -28,28 +28,91 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from kohya_ext.errors import KohyaExtError
 
 OWN_NAMES = ("kohya_ext.gui_network", "kohya_ext.patches.gui_network")
 DEFAULT_INNER = "networks.lora"
 INNER_KEY = "consistency_network_module"  # network_args key naming the real network module
+CONFIG_KEY = "consistency_config"  # network_args key naming a TOML of consistency_* options
+SPACES_HELP = ("the kohya_ss GUI splits Additional parameters on spaces, so no value can hold one: write each space as %20 "
+               "(consistency_reference=D:/My%20Characters/mio) or put the options in a TOML file and pass "
+               "consistency_config=FILE.toml (docs/gui.md)")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
 
 # -- reading what the GUI gave -------------------------------------------------------------
 
-def split_pair(item: str) -> tuple[str, str]:
-    """``key=value`` of one network_args item. The GUI shlex-quotes items with characters such as
-    ``\\`` or ``~`` and passes them without a shell, so the quotes arrive: strip one pair."""
+def _unquote(item: str) -> str:
+    """The GUI shlex-quotes items with characters such as ``\\`` or ``~`` and passes them without
+    a shell, so the quotes arrive: strip one pair."""
     s = str(item).strip()
     if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
         s = s[1:-1]
+    return s
+
+
+def split_pair(item: str) -> tuple[str, str]:
+    """``key=value`` of one network_args item; kohya-ext's own values are %-decoded (``%20``)."""
+    s = _unquote(item)
     if "=" not in s:
         raise KohyaExtError(f"--network_args item {item!r} is not key=value: write e.g. consistency_patience=3")
     key, value = s.split("=", 1)
-    return key.strip(), value
+    key = key.strip()
+    return key, unquote(value) if is_ours(key) else value
+
+
+def not_key_value(items: Any) -> list[str]:
+    """Items sd-scripts' ``key, value = item.split("=", 1)`` would crash on (train_network.py)."""
+    return [str(i) for i in (items or []) if "=" not in _unquote(i)]
+
+
+def command_line_network_args(args: Any, argv: list[str] | None = None) -> list[str]:
+    """Every ``--network_args`` item of the command line, in order. argparse keeps only the last
+    occurrence, so a user's own ``--network_args conv_dim=4`` in the GUI's Additional parameters
+    would be lost behind ours: read them all back from ``sys.argv`` (when it is the command line
+    ``args`` came from: its last occurrence must equal ``args.network_args``)."""
+    parsed = list(getattr(args, "network_args", None) or [])
+    argv = sys.argv[1:] if argv is None else argv
+    groups: list[list[str]] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--network_args":
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            groups.append(argv[i + 1:j])
+            i = j
+            continue
+        if a.startswith("--network_args="):
+            groups.append([a.split("=", 1)[1]])
+        i += 1
+    if len(groups) < 2 or groups[-1] != parsed:
+        return parsed
+    return [item for g in groups for item in g]
+
+
+def read_options_file(value: str) -> dict[str, Any]:
+    """``consistency_config=FILE.toml``: kohya-ext options as ``consistency_*`` keys (the same
+    keys a ``--config_file`` takes), for values the GUI cannot pass, such as paths with spaces."""
+    from kohya_ext.toml_compat import flatten_config, tomllib
+
+    path = Path(value).expanduser()
+    try:
+        data = flatten_config(tomllib.loads(path.read_text(encoding="utf-8")))
+    except OSError as e:
+        raise KohyaExtError(f"--network_args {CONFIG_KEY}={value}: cannot read it ({e.strerror or e}): give the path of a "
+                            f"TOML file holding consistency_* keys") from None
+    except ValueError as e:
+        raise KohyaExtError(f"--network_args {CONFIG_KEY}={value}: not valid TOML ({e})") from None
+    bad = sorted(k for k in data if not is_ours(k) or k == CONFIG_KEY)
+    if bad:
+        raise KohyaExtError(f"{path}: only consistency_* keys belong in a {CONFIG_KEY} file (found {', '.join(bad)}); "
+                            f"network settings stay in the GUI")
+    return data
 
 
 def pairs(items: Any) -> dict[str, str]:
@@ -82,6 +145,7 @@ class Plan:
     kwargs: dict[str, Any]
     options: argparse.Namespace
     restored: list[str] = field(default_factory=list)  # network_args taken back from the TOML
+    merged: list[str] = field(default_factory=list)  # items of earlier --network_args argparse dropped
 
 
 def _option_keys() -> set[str]:
@@ -102,15 +166,17 @@ def _bool(key: str, value: Any) -> bool:
 def plan(args: Any, call_kwargs: dict[str, Any] | None = None, dropout: bool = True) -> Plan:
     """Resolve the inner module, its kwargs and our options.
 
-    Options: ``consistency_*`` keys of the config TOML (already in ``args``), overridden by
-    ``consistency_*`` items of ``--network_args``; naming this module turns tracking on unless
-    ``consistency=false``. Inner kwargs: the TOML's network_args when the command line replaced
-    them, updated by the command line's non-``consistency`` items, then sd-scripts' LyCORIS
-    ``dropout`` workaround (L676) - the kwargs a stock run of the GUI's command would pass.
+    Options: ``consistency_*`` keys of the config TOML (already in ``args``), overridden by a
+    ``consistency_config=FILE.toml``, overridden by ``consistency_*`` items of ``--network_args``;
+    naming this module turns tracking on unless ``consistency=false``. Inner kwargs: the TOML's
+    network_args when the command line replaced them, updated by the non-``consistency`` items of
+    every ``--network_args`` on the command line, then sd-scripts' LyCORIS ``dropout`` workaround
+    (L676) - the kwargs a stock run of the GUI's command would pass, with nothing dropped.
     """
     cfg = read_config(args)
     # Outside train() only the call's kwargs are known (they already hold sd-scripts' dropout).
-    cli = pairs(getattr(args, "network_args", None)) if args is not None else dict(call_kwargs or {})
+    items = command_line_network_args(args) if args is not None else []
+    cli = pairs(items) if args is not None else dict(call_kwargs or {})
     toml_items = cfg.get("network_args") or []
     if isinstance(toml_items, str):
         toml_items = toml_items.split()
@@ -120,6 +186,7 @@ def plan(args: Any, call_kwargs: dict[str, Any] | None = None, dropout: bool = T
         kwargs.update(pairs(toml_items))  # the GUI's own list, which the appended --network_args replaced
         restored = [str(i) for i in toml_items]
     kwargs.update({k: v for k, v in cli.items() if not is_ours(k)})
+    merged = [i for i in items[:len(items) - len(getattr(args, "network_args", None) or [])] if not is_ours(split_pair(i)[0])]
     if dropout and "dropout" not in kwargs and args is not None:
         kwargs["dropout"] = getattr(args, "network_dropout", None)
 
@@ -131,14 +198,30 @@ def plan(args: Any, call_kwargs: dict[str, Any] | None = None, dropout: bool = T
     for key in known:
         if args is not None and hasattr(args, key):
             setattr(ns, key, getattr(args, key))
-    unknown = [k for k in cli if is_ours(k) and k not in known and k != INNER_KEY]
+    options = {**(read_options_file(cli[CONFIG_KEY]) if CONFIG_KEY in cli else {}),
+               **{k: v for k, v in cli.items() if k != CONFIG_KEY}}
+    unknown = [k for k in options if is_ours(k) and k not in known and k != INNER_KEY]
     if unknown:
-        raise KohyaExtError(f"--network_args {', '.join(unknown)}: not a kohya-ext option; known: {', '.join(sorted(known | {INNER_KEY}))}")
-    for k, v in cli.items():
+        raise KohyaExtError(f"--network_args {', '.join(unknown)}: not a kohya-ext option; known: "
+                            f"{', '.join(sorted(known | {INNER_KEY, CONFIG_KEY}))}")
+    for k, v in options.items():
         if k in known:
             setattr(ns, k, v)
     ns.consistency = _bool("consistency", ns.consistency) if hasattr(ns, "consistency") else True
-    return Plan(inner=inner, kwargs=kwargs, options=ns, restored=restored)
+    return Plan(inner=inner, kwargs=kwargs, options=ns, restored=restored, merged=merged)
+
+
+def check_before_create_network() -> None:
+    """Run when sd-scripts imports the module, just before it splits ``--network_args`` on "="
+    itself: an item without "=" (a value the GUI split at a space) would crash it with a bare
+    ``ValueError: not enough values to unpack``; say what happened and how to write it."""
+    found = find_trainer(max_depth=40)
+    if found is None:
+        return
+    bad = not_key_value(command_line_network_args(found[1]))
+    if bad:
+        _fail(KohyaExtError(f"--network_args item {bad[0]!r} is not key=value (the previous item's value was cut at a "
+                            f"space?): {SPACES_HELP}"))
 
 
 def find_trainer(max_depth: int = 12) -> tuple[Any, Any, Any] | None:
@@ -244,7 +327,7 @@ def fix_metadata(metadata: dict, plan_: Plan) -> dict:
     meta = dict(metadata)
     if "ss_network_module" in meta:
         meta["ss_network_module"] = plan_.inner
-    if "ss_network_args" in meta or plan_.restored:
+    if "ss_network_args" in meta or plan_.restored or plan_.merged:
         meta["ss_network_args"] = json.dumps(plan_.kwargs)
     return meta
 
@@ -278,6 +361,8 @@ def _start(found: Any, p: Plan) -> None:
         return
     if p.restored:
         print(f"kohya-ext: network_args from {args.config_file}.toml kept for {p.inner}: {' '.join(p.restored)}", flush=True)
+    if p.merged:
+        print(f"kohya-ext: network_args of an earlier --network_args kept for {p.inner}: {' '.join(p.merged)}", flush=True)
     GuiSession(trainer, args, accelerator, p).start()
 
 

@@ -74,9 +74,10 @@ def _caption(image: Path, extensions: list[str]) -> str | None:
     return None
 
 
-def derive_prompts(groups: list, n: int, caption_extension: str | None) -> list[dict[str, Any]]:
+def derive_prompts(groups: list, n: int, caption_extension: str | None, source: str = "the training images") -> list[dict[str, Any]]:
     """``n`` prompts per character (image group): captions of evenly spaced training images,
-    or the class token when an image has no caption."""
+    or the class token when an image has no caption. Never a folder name: a prompt that does
+    not name the character renders someone else, and the score would measure nothing."""
     exts = [e if e.startswith(".") else "." + e for e in ([caption_extension] if caption_extension else []) + [".caption", ".txt"]]
     out = []
     for g in groups:
@@ -85,10 +86,27 @@ def derive_prompts(groups: list, n: int, caption_extension: str | None) -> list[
             continue
         picks = [paths[round(i * (len(paths) - 1) / max(1, n - 1))] for i in range(min(n, len(paths)))] if n > 1 else [paths[0]]
         for p in picks:
-            out.append({"prompt": _caption(Path(p), exts) or g.name, "character": g.name})
+            text = _caption(Path(p), exts) or g.class_tokens
+            if text:
+                out.append({"prompt": text, "character": g.name})
     if not out:
-        raise KohyaExtError("no training images to derive evaluation prompts from: pass --consistency_prompts FILE")
+        raise KohyaExtError(f"{source}: no captions ({', '.join(exts)}) and no class tokens (kohya's N_token folders or "
+                            f"class_tokens) to derive evaluation prompts from: pass --consistency_prompts FILE")
     return out
+
+
+def default_prompts(args: Any, reference: str, n: int) -> list[dict[str, Any]]:
+    """Evaluation prompts when none are given: from the training dataset sd-scripts trains on
+    (``--dataset_config`` or ``--train_data_dir``, which the kohya_ss GUI writes into its TOML),
+    whatever the reference is; from the reference only when there is no training dataset."""
+    from ..datasets import resolve_image_groups
+
+    source = getattr(args, "dataset_config", None) or getattr(args, "train_data_dir", None)
+    if not source:
+        if str(reference).endswith(".json"):
+            raise KohyaExtError("with a ref.json reference, give --consistency_prompts FILE (there are no captions to derive prompts from)")
+        source = reference
+    return derive_prompts(resolve_image_groups(source), n, getattr(args, "caption_extension", None), source=str(source))
 
 
 def fix_prompts(prompts: list[dict[str, Any]], seed: int, size: tuple[int, int]) -> list[dict[str, Any]]:
