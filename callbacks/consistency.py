@@ -30,6 +30,7 @@ from kohya_ext.training.leaderboard import Leaderboard
 from kohya_ext.training.options import ConsistencyOptions
 from kohya_ext.training.prompts import (assign_characters, default_prompts, fix_prompts, load_prompt_file,
                                         parse_resolution, write_prompt_file)
+from kohya_ext.training.ranks import RankSync, rank_sync
 from kohya_ext.training.worker import ScoringWorker, choose_device
 
 from .base import Callback
@@ -84,6 +85,7 @@ class ConsistencyCallback(Callback):
         self.args: Any = None
         self.run_record: dict | None = None
         self.accelerator: Any = None
+        self.ranks: RankSync | None = None
 
     # -- setup -------------------------------------------------------------------------------
     def reference_source(self, args: Any) -> str:
@@ -160,12 +162,21 @@ class ConsistencyCallback(Callback):
         """Also registers our state hooks: kohya registers its own, then loads ``--resume``, later."""
         self.accelerator = accelerator
         self.network = network
+        self._rank_sync(accelerator)
         if hasattr(accelerator, "register_save_state_pre_hook"):
             accelerator.register_save_state_pre_hook(self._on_save_state)
             accelerator.register_load_state_pre_hook(self._on_load_state)
 
     def on_epoch_start(self) -> None:
         self.epoch += 1
+
+    def _rank_sync(self, accelerator: Any) -> RankSync:
+        """How the ranks agree (decided once, alike on every rank; see kohya_ext.training.ranks)."""
+        if self.ranks is None:
+            self.ranks = rank_sync(accelerator)
+            if self.ranks.world > 1 and self.is_main:
+                _say(self.ranks.describe())
+        return self.ranks
 
     # -- the sample hook -----------------------------------------------------------------------
     def check_stop(self, epoch: int | None, global_step: int) -> None:
@@ -207,16 +218,17 @@ class ConsistencyCallback(Callback):
             render(self.prompt_file, render_dir)
         except Exception as e:  # a sampler failure is an evaluation failure, not a training failure
             render_error = f"rendering failed: {type(e).__name__}: {e}"
-        accelerator.wait_for_everyone()
+        ranks = self._rank_sync(accelerator)
+        ranks.barrier(accelerator)  # every rank's images are written
         t_render = time.monotonic() - t0
-        decision = [None]
+        decision = None
         if self.is_main:
-            decision = [self._score_and_record(accelerator, args, kind, epoch, global_step, cum, render_dir, t_render, render_error)]
-        if getattr(accelerator, "num_processes", 1) > 1:
-            from accelerate.utils import broadcast_object_list
-
-            broadcast_object_list(decision, from_process=0)
-        message = decision[0]
+            try:
+                decision = self._score_and_record(accelerator, args, kind, epoch, global_step, cum, render_dir, t_render, render_error)
+            except Exception as e:  # the other ranks wait in the broadcast: always reach it
+                logger.exception("kohya-ext: recording the evaluation at step %d failed", global_step)
+                _say(f"recording the evaluation at step {global_step} failed, training goes on: {type(e).__name__}: {e}")
+        message = ranks.broadcast(decision)
         if message:
             self.stop_message = message
             if epoch is None:
@@ -234,6 +246,7 @@ class ConsistencyCallback(Callback):
                 tb_dir = getattr(getattr(t, "writer", None), "log_dir", None) or getattr(t, "logging_dir", None)
         trackers.add_custom_scalars(accelerator)
         trackers.wandb_config(accelerator, self.opts.as_config())
+        trackers.wandb_step_metric(accelerator)
         self.run_record = {
             "format": "kohya-ext-run", "output_dir": str(Path(args.output_dir).resolve()),
             "output_name": getattr(args, "output_name", None), "tensorboard_dir": None if tb_dir is None else str(Path(tb_dir).resolve()),

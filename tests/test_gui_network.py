@@ -155,15 +155,22 @@ def test_gui_early_stop_exact_step_exit_zero(tmp_path):
     assert "early stop at step 8" in proc.stdout and "stopped early" in proc.stdout
 
 
-def test_gui_two_processes_stop_at_the_same_step(tmp_path):
+def test_gui_two_processes_stop_at_the_same_step(tmp_path, accelerate_version):
     """Hooks are installed on every rank (create_network runs on each), so the broadcast stop
-    decision reaches both ranks at the same step, as on the command-line path."""
+    decision reaches both ranks at the same step, as on the command-line path; with the venv's
+    accelerate and with sd-scripts' pinned 1.6.0 (conftest.accelerate_version).
+
+    ``ddp_timeout`` makes the stand-in give accelerate a gloo backend, as sd-scripts does on a
+    multi-GPU machine: on CPU only without a backend, accelerate >= 1.13 makes no process group
+    and each process trains alone (kohya_ext.training.ranks), so there would be no two-rank run."""
     sd = _standin_with_fakelyco(tmp_path)
     h.make_dataset(tmp_path, 12)
-    cfg = _gui_toml(tmp_path, 16, 2, "networks.lora", [])
+    cfg = _gui_toml(tmp_path, 16, 2, "networks.lora", [], {"ddp_timeout": 10})
     proc = _run_gui(tmp_path, sd, cfg, "--network_module kohya_ext.gui_network --network_args consistency_scorer=fake_scorers:scripted "
                     "consistency_patience=2", env=_fake(tmp_path, "0.5,0.4,0.3"), nproc=2)
     _ok(proc)
+    ranks = [ln for ln in proc.stdout.splitlines() if ln.startswith("kohya-ext: 2 ranks (")]
+    assert len(ranks) == 1 and f"(accelerate {accelerate_version}, " in ranks[0] and "broadcast" in ranks[0], proc.stdout[-3000:]
     t0, t1 = h.read_trace(tmp_path / "trace.jsonl"), h.read_trace(tmp_path / "trace.jsonl.rank1")
     assert _steps(t0) == _steps(t1) == list(range(1, 7))
     assert [t["step"] for t in t0 if t["hook"] == "train_end"] == [t["step"] for t in t1 if t["hook"] == "train_end"] == [6]

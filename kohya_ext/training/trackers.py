@@ -84,6 +84,30 @@ def wandb_config(accelerator: Any, config: dict[str, Any]) -> None:
             logger.warning("kohya-ext: wandb config update failed: %s", e)
 
 
+# The families sd-scripts (loss/*, lr/*, norm/*) and this extension (consistency/*) log with
+# ``global_step`` in the row; wandb's charts would otherwise plot them against its own ``_step``.
+WANDB_STEP_METRIC = "global_step"
+WANDB_STEPPED = ("consistency/*", "loss/*", "lr/*", "norm/*")
+
+
+def wandb_step_metric(accelerator: Any) -> bool:
+    """Declare ``global_step`` as the x-axis of ``consistency/*``, ``loss/*``, ``lr/*`` and
+    ``norm/*`` in the wandb run (``define_metric``), so a new run's dashboard shows the
+    consistency curve next to the loss without manual set-up. Main process only (other ranks
+    have no wandb tracker); call once, before the first consistency log. Never raises."""
+    run = _named(accelerator, "wandb", unwrap=True)
+    if run is None:
+        return False
+    try:
+        run.define_metric(WANDB_STEP_METRIC)
+        for pattern in WANDB_STEPPED:
+            run.define_metric(pattern, step_metric=WANDB_STEP_METRIC)
+        return True
+    except Exception as e:  # a wandb failure must not end training
+        logger.warning("kohya-ext: wandb define_metric (global_step as x-axis) failed: %s", e)
+        return False
+
+
 def wandb_summary(accelerator: Any, values: dict[str, Any]) -> None:
     run = _named(accelerator, "wandb", unwrap=True)
     if run is not None:

@@ -146,9 +146,9 @@ def read_tensorboard(logging_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def read_wandb(run_file: Path) -> tuple[list[dict], dict, dict]:
-    """(history rows, summary, config) of an offline ``run-*.wandb`` file (wandb's record log:
-    7-byte file header, 32 KiB blocks, records with a 7-byte crc/length/type header)."""
+def wandb_records(run_file: Path) -> list:
+    """The ``wandb_internal_pb2.Record`` messages of an offline ``run-*.wandb`` file (wandb's
+    record log: 7-byte file header, 32 KiB blocks, records with a 7-byte crc/length/type header)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = Path(run_file).read_bytes()
@@ -171,11 +171,19 @@ def read_wandb(run_file: Path) -> tuple[list[dict], dict, dict]:
             buf += chunk
         elif typ == 4:
             recs.append(buf + chunk)
-    history, summary, config = [], {}, {}
-    key = lambda i: i.key or "/".join(i.nested_key)  # noqa: E731
+    out = []
     for d in recs:
         r = pb.Record()
         r.ParseFromString(d)
+        out.append(r)
+    return out
+
+
+def read_wandb(run_file: Path) -> tuple[list[dict], dict, dict]:
+    """(history rows, summary, config) of an offline ``run-*.wandb`` file."""
+    history, summary, config = [], {}, {}
+    key = lambda i: i.key or "/".join(i.nested_key)  # noqa: E731
+    for r in wandb_records(run_file):
         kind = r.WhichOneof("record_type")
         if kind == "history":
             history.append({key(i): json.loads(i.value_json) for i in r.history.item})
@@ -184,6 +192,28 @@ def read_wandb(run_file: Path) -> tuple[list[dict], dict, dict]:
         elif kind == "config":
             config.update({key(i): json.loads(i.value_json) for i in r.config.update})
     return history, summary, config
+
+
+def read_wandb_metrics(run_file: Path) -> dict[str, dict]:
+    """The ``define_metric`` declarations of an offline run file ("metric" records):
+    {name or glob: {"step_metric": ..., "step_sync": ..., "hidden": ...}}, a name's records merged
+    the way wandb merges them (later values set win, unset ones keep earlier values; ``overwrite``
+    starts afresh). The client writes a step metric by name (``step_metric``); an index
+    (``step_metric_index``, what wandb's server side uses) is kept as "#<index>"."""
+    out: dict[str, dict] = {}
+    for r in wandb_records(run_file):
+        if r.WhichOneof("record_type") != "metric":
+            continue
+        m = r.metric
+        name = m.glob_name or m.name
+        step = m.step_metric or (f"#{m.step_metric_index}" if m.step_metric_index else "")
+        entry = {} if m._control.overwrite else out.setdefault(name, {})  # wandb merges unless overwrite
+        out[name] = entry
+        if step:
+            entry["step_metric"] = step
+        entry["step_sync"] = m.options.step_sync or entry.get("step_sync", False)
+        entry["hidden"] = m.options.hidden or entry.get("hidden", False)
+    return out
 
 
 def working_tree_overlay(dest: Path, sd_python: str) -> Path:

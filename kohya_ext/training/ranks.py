@@ -1,0 +1,146 @@
+"""Rank agreement at an evaluation: a barrier and a broadcast from rank 0 that reach every rank.
+
+accelerate's helpers (``Accelerator.wait_for_everyone``, ``accelerate.utils.broadcast_object_list``)
+act only when its ``distributed_type`` names a distributed run. Since accelerate 1.13.0 a CPU-only
+run launched by torchrun without ``Accelerator(cpu=True)`` (sd-scripts never passes it) is typed
+``NO`` although accelerate has initialised the process group itself (when a backend is given, as
+``InitProcessGroupKwargs(backend="gloo")`` does) and reports ``num_processes`` 2: both helpers then
+return at once on every rank, so rank 1 neither waits for rank 0's scoring nor hears its stop
+decision. (1.12 and earlier typed the same run ``MULTI_CPU``.) In that case the collectives go
+through ``torch.distributed`` directly, on the group accelerate created. Without a backend
+(sd-scripts gives one only with several CUDA devices) accelerate >= 1.13 on a CPU-only machine does
+not create the group at all: every process trains alone, as a single-process run of its own
+(``num_processes`` 1, its own main process, the whole dataset). Nothing can make those agree;
+kohya-ext says so once and runs no collective (mode ``none``). GPU runs are typed ``MULTI_GPU`` by
+every version and keep using accelerate's helpers.
+
+The path is chosen from values every rank computes alike (accelerate's type and process count, the
+group's world size), so every rank takes the same one: no rank waits in a collective that another
+skips.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+SINGLE = "single"  # one process: nothing to agree on
+ACCELERATE = "accelerate"  # accelerate's own helpers work for this run
+TORCH = "torch"  # accelerate's helpers are no-ops here; torch.distributed has the ranks
+NONE = "none"  # several ranks by the environment, but no process group: they cannot agree
+# (accelerate >= 1.13, CPU only, no backend given: each process is a single-process run of its own)
+
+# accelerate's types its helpers act on (accelerate.utils.constants.TORCH_DISTRIBUTED_OPERATION_TYPES
+# plus XLA), for when that constant cannot be imported.
+_FALLBACK_TYPES = frozenset({"DEEPSPEED", "MULTI_GPU", "FSDP", "MEGATRON_LM", "TP", "MULTI_NPU", "MULTI_MLU", "MULTI_SDAA",
+                             "MULTI_MUSA", "MULTI_XPU", "MULTI_CPU", "MULTI_HPU", "MULTI_NEURON", "XLA"})
+
+
+def _type_name(accelerator: Any) -> str:
+    dt = getattr(accelerator, "distributed_type", None)
+    if dt is None:
+        dt = getattr(getattr(accelerator, "state", None), "distributed_type", None)
+    if dt is None:
+        return "NO"
+    return str(getattr(dt, "value", dt)).split(".")[-1]
+
+
+def _accelerate_types() -> frozenset:
+    try:
+        from accelerate.utils.constants import TORCH_DISTRIBUTED_OPERATION_TYPES
+
+        return frozenset(str(getattr(t, "value", t)) for t in TORCH_DISTRIBUTED_OPERATION_TYPES) | {"XLA"}
+    except Exception:  # an accelerate without the constant, or none at all
+        return _FALLBACK_TYPES
+
+
+def _torch_world() -> tuple[int, str | None]:
+    """(world size, backend) of torch.distributed's default group; (1, None) without one."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), str(dist.get_backend())
+    except Exception:
+        pass
+    return 1, None
+
+
+def _accelerate_version() -> str:
+    try:
+        import accelerate
+
+        return str(accelerate.__version__)
+    except Exception:
+        return "?"
+
+
+@dataclass(frozen=True)
+class RankSync:
+    mode: str
+    world: int
+    accelerate_version: str
+    distributed_type: str
+    backend: str | None = None
+
+    def describe(self) -> str:
+        """One line for the main process's log (multi-rank runs only)."""
+        head = (f"{self.world} ranks (accelerate {self.accelerate_version}, distributed_type {self.distributed_type}"
+                + (f", torch.distributed {self.backend}" if self.backend else "") + ")")
+        if self.mode == ACCELERATE:
+            return f"{head}: rank 0 scores; its stop decision is broadcast to every rank"
+        if self.mode == TORCH:
+            return (f"{head}: accelerate's own barrier and broadcast do nothing in this run, so kohya-ext waits and "
+                    "broadcasts rank 0's stop decision through torch.distributed")
+        return (f"{head}: warning: no torch.distributed process group, so accelerate runs every process as a "
+                "training of its own and kohya-ext cannot make them agree on an early stop (a CPU-only torchrun needs "
+                "a backend, e.g. InitProcessGroupKwargs(backend='gloo'), with accelerate >= 1.13)")
+
+    def barrier(self, accelerator: Any) -> None:
+        if self.mode == ACCELERATE:
+            accelerator.wait_for_everyone()
+        elif self.mode == TORCH:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (``obj`` as given without several ranks to agree)."""
+        box = [obj]
+        if self.mode == ACCELERATE:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(box, from_process=0)
+        elif self.mode == TORCH:
+            import torch.distributed as dist
+
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def _env_world() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return 1
+
+
+def rank_sync(accelerator: Any) -> RankSync:
+    """How the ranks of this run agree (the same answer on every rank)."""
+    dtype = _type_name(accelerator)
+    try:
+        n_acc = int(getattr(accelerator, "num_processes", 1) or 1)
+    except (TypeError, ValueError):
+        n_acc = 1
+    world, backend = _torch_world()
+    env_world = _env_world()
+    if dtype in _accelerate_types() and n_acc > 1:
+        mode = ACCELERATE
+    elif world > 1:
+        mode = TORCH
+    elif n_acc > 1 or env_world > 1:
+        mode = NONE
+    else:
+        mode = SINGLE
+    return RankSync(mode, max(world, n_acc, env_world), _accelerate_version(), dtype, backend)
