@@ -21,3 +21,17 @@ class WeightsNotFoundError(KohyaExtError):
 
 class BackendMismatchError(KohyaExtError):
     """Reference and samples were measured by different backends, weights or formulas."""
+
+
+def require(module: str, package: str, needed_for: str):
+    """``import module``, or a KohyaExtError naming the package to install (an optional
+    dependency: scripts/install.sh installs it, a bare ``pip install kohya-ext`` does not)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        import sys
+
+        raise KohyaExtError(f"{needed_for} needs {package}, which is not installed in {sys.prefix}: "
+                            f"pip install {package} (or install kohya-ext with scripts/install.sh)") from None

@@ -3,7 +3,7 @@
 sd-scripts' ``read_config_from_file`` flattens one level of TOML tables into the Namespace and
 keeps unknown keys and unchecked types silently, so a typo in a preset would just be ignored
 at training time. Here every key must be an option of the family's sd-scripts script (the
-table in ``kohya_ext.sd_options``, generated from sd-scripts' own parsers) or a kohya-ext
+tables in ``kohya_ext.sd_options``, one per supported sd-scripts version, generated from its own parsers) or a kohya-ext
 option, and every value must fit the option's action (type, nargs, choices), plus a few
 sanity rules for values no parser checks (learning rate range, an evaluation cadence that
 early stopping can use, ``network_args`` as ``key=value`` strings).
@@ -62,23 +62,24 @@ def describe_parser(parser: argparse.ArgumentParser) -> dict[str, dict[str, Any]
     return out
 
 
-def sd_options(script: str) -> dict[str, dict[str, Any]]:
-    """Options of one sd-scripts script from the generated table (KohyaExtError if unknown)."""
-    from .sd_options import SD_OPTIONS
+def sd_options(script: str, version: str | None = None) -> dict[str, dict[str, Any]]:
+    """Options of one sd-scripts script from the generated table of ``version`` (default: the
+    newest supported); KohyaExtError if there is none."""
+    from . import sd_options as tables
 
+    scripts = tables.table(version)["scripts"]
     try:
-        return SD_OPTIONS["scripts"][script]
+        return scripts[script]
     except KeyError:
-        raise KohyaExtError(
-            f"no option table for {script!r}: use one of {', '.join(sorted(SD_OPTIONS['scripts']))}"
-        ) from None
+        raise KohyaExtError(f"no option table for {script!r}: use one of {', '.join(sorted(scripts))}") from None
 
 
-def sd_options_source() -> str:
-    """Which sd-scripts checkout the option table was generated from."""
-    from .sd_options import SD_OPTIONS
+def sd_options_source(version: str | None = None) -> str:
+    """Which sd-scripts version and checkout the option table was generated from."""
+    from . import sd_options as tables
 
-    return SD_OPTIONS["source"]
+    t = tables.table(version)
+    return f"{t['version']}, {t['source']}"
 
 
 @lru_cache(maxsize=1)
@@ -283,21 +284,24 @@ class PresetCheck:
 
 def check_preset(name_or_path: str | Path, script: str | None = None) -> PresetCheck:
     """Check a preset without raising: every problem is collected in ``.problems``."""
+    from . import sd_options as tables
+
     path = preset_path(name_or_path)
     script = script or script_for(path)
-    sd = sd_options(script)
     ext = kohya_ext_options()
     flat, problems = flatten(load_toml(path))
-    for key, value in flat.items():
-        info = sd.get(key) or ext.get(key)
-        if info is None:
-            near = difflib.get_close_matches(key, list(sd) + list(ext), n=3)
-            hint = f"did you mean {', '.join(near)}?" if near else "remove it or fix the name"
-            problems.append(f"{key}: not an option of {script} (sd-scripts {sd_options_source()}) nor of kohya-ext: {hint}")
-            continue
-        p = value_problem(key, value, info)
-        if p:
-            problems.append(p)
+    for version in tables.versions():  # a preset must work on every supported sd-scripts version
+        sd = sd_options(script, version)
+        for key, value in flat.items():
+            info = sd.get(key) or ext.get(key)
+            if info is None:
+                near = difflib.get_close_matches(key, list(sd) + list(ext), n=3)
+                hint = f"did you mean {', '.join(near)}?" if near else "remove it or fix the name"
+                problems.append(f"{key}: not an option of {script} (sd-scripts {sd_options_source(version)}) nor of kohya-ext: {hint}")
+                continue
+            p = value_problem(key, value, info)
+            if p and p not in problems:
+                problems.append(p)
     if not problems:
         problems += sanity_problems(flat)
         problems += _kohya_ext_problems(flat, ext)

@@ -123,6 +123,11 @@ def _import(name: str) -> tuple[Any | None, str]:
         return None, f" ({type(e).__name__}: {e})"
 
 
+def detect_version(root: Path) -> SurfaceSpec | None:
+    """The supported version whose module layout the checkout at ``root`` has (None: neither)."""
+    return next((s for s in SURFACES if (Path(root) / s.marker).is_file()), None)
+
+
 def resolve_surface(trainer_class: Any) -> Surface:
     """The sd-scripts version ``trainer_class`` (``NetworkTrainer`` or a family's subclass)
     belongs to, with its functions imported; a KohyaExtError naming what is missing otherwise."""
@@ -138,7 +143,7 @@ def resolve_surface(trainer_class: Any) -> Surface:
         raise KohyaExtError(f"sd-scripts' library package does not import{why}: run from your sd-scripts folder "
                             f"or with its folder on PYTHONPATH")
     root = Path(library.__file__).resolve().parent.parent
-    spec = next((s for s in SURFACES if (root / s.marker).is_file()), None)
+    spec = detect_version(root)
     if spec is None:
         raise KohyaExtError(f"sd-scripts at {root} has neither {' nor '.join(s.marker for s in SURFACES)}; "
                             f"kohya-ext supports {SUPPORTED}")

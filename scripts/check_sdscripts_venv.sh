@@ -172,6 +172,9 @@ print(f"anime-face-detector {ver}: random LandmarkModel ({len(sd)} tensors) save
       f"safetensors {md.version('safetensors')}, LandmarkDetector ran: 28 points")
 EOF
 
+# Every documented command has what it needs (tests/test_documented_commands.py runs them all).
+run report-deps "$PY" -c "import matplotlib, tensorboard; print('kohya-ext report: matplotlib', matplotlib.__version__, '+ tensorboard', tensorboard.__version__)"
+
 run sd-scripts-import bash -c "cd '$SD' && '$PY' -c 'import library.train_util, networks.lora; print(\"library.train_util and networks.lora import\")'"
 
 # 5. sd-scripts still trains: a LoRA on the tiny random model, 4 steps on CPU, checkpoints + samples + TensorBoard.

@@ -12,11 +12,13 @@
 set -euo pipefail
 PY=${PYTHON:-python}
 here=$(cd "$(dirname "$0")/.." && pwd)
-editable=""; extras=""
+# The report extra (matplotlib for `kohya-ext report`, tensorboard for its loss curves) is
+# installed by default: sd-scripts' venv has no matplotlib, and neither pins anything there.
+editable=""; extras="[report]"
 for a in "$@"; do
   case "$a" in
     --editable) editable="-e" ;;
-    --test) extras="[test]" ;;
+    --test) extras="[report,test]" ;;
     *) echo "install.sh: unknown option $a (use --editable, --test)" >&2; exit 2 ;;
   esac
 done

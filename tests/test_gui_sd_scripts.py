@@ -1,6 +1,7 @@
-"""The kohya_ss GUI path on the real sd-scripts: the stock train_network.py run as the GUI runs it
-(``--config_file`` TOML with network_module/network_args, then the "Additional parameters" text),
-with ``--network_module kohya_ext.gui_network`` appended, on the tiny random SD1.x model (CPU).
+"""The kohya_ss GUI path on the real sd-scripts: the stock train_network.py run with the command
+the GUI builds (tests/gui_command.py: its TOML, ``accelerate launch``, the "Additional
+parameters" text split on spaces), ``--network_module kohya_ext.gui_network`` in that text, on
+the tiny random SD1.x model (CPU).
 
 Needs KOHYA_SD_SCRIPTS, KOHYA_SD_PYTHON and TINY_SD_DIR as tests/test_train_sd_scripts.py does
 (else skipped, saying which is missing). About 2-4 minutes on 2 CPU cores.
@@ -12,6 +13,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,15 +29,17 @@ def _load(name: str, path: Path):
 
 
 real = _load("real_sd_test", REPO / "tests" / "test_train_sd_scripts.py")  # overlay, tiny model, its arguments
-gui = _load("gui_standin_test", REPO / "tests" / "test_gui_network.py")  # gui_split, as the GUI splits the text
+sys.path.insert(0, str(REPO / "tests"))
+import gui_command as gc  # noqa: E402  (the GUI's TOML and command, as lora_gui.train_model builds them)
+
 h = real.h
 SD, PY = real.SD, real.PY
 pytestmark = real.pytestmark
 
 
-def _toml(argv: list[str], network_args: list[str]) -> str:
-    """The tiny run's arguments as the flat TOML the GUI writes (every item there has a value)."""
-    def typed(key: str, v: str):  # TOML values skip argparse's type=: write numbers as numbers
+def _settings(argv: list[str]) -> dict:
+    """The tiny run's arguments as the LoRA tab's settings (typed as the GUI types them)."""
+    def typed(key: str, v: str):
         for t in (int, float):
             try:
                 return v if key == "resolution" else t(v)
@@ -44,36 +48,49 @@ def _toml(argv: list[str], network_args: list[str]) -> str:
         return v
 
     data = {argv[i][2:]: typed(argv[i][2:], argv[i + 1]) for i in range(0, len(argv), 2)}
-    data["network_args"] = network_args
-    return "".join(f"{k} = {json.dumps(data[k])}\n" for k in sorted(data))
+    data.pop("output_dir")
+    data.pop("sample_prompts")  # the GUI writes its own, from the sample-prompts box
+    return data
 
 
-def test_real_train_network_from_the_gui_command(tmp_path, tadne_tiles):
-    if not (Path(SD) / "train_network.py").is_file():
-        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no train_network.py")
+def _gui_run(tmp_path: Path, tadne_tiles, additional: str) -> tuple[subprocess.CompletedProcess, Path, dict]:
+    """The GUI's command (tests/gui_command.py) on the real checkout, accelerate launch included."""
     tiny = real._tiny()
     run = tmp_path / "run"
     run.mkdir()
     out = run / "out"
-    ref = tmp_path / "reference"
-    ref.mkdir()
+    ref = tmp_path / "My Characters" / "ref"  # a reference under a folder with a space
+    ref.mkdir(parents=True)
     from PIL import Image
 
     for i in range(8):
         Image.fromarray(tadne_tiles[i]).save(ref / f"{i:02d}.png")
+    options = tmp_path / "kohya ext" / "mio.toml"
+    options.parent.mkdir()
+    options.write_text(f'consistency_reference = "{ref.as_posix()}"\nconsistency_backend = "nvxs"\nconsistency_num_prompts = 2\n')
     argv = real._args(tiny, out)
     assert argv[argv.index("--network_module") + 1] == "networks.lora"
-    cfg = out / "config_lora-20260101-000000.toml"
-    cfg.parent.mkdir(parents=True)
-    cfg.write_text(_toml(argv, ["conv_dim=2", "conv_alpha=1"]))  # "Kohya LoCon"-style settings of the GUI
-    additional = (f"--network_module kohya_ext.gui_network --network_args consistency_backend=nvxs "
-                  f"consistency_prompts={tiny['prompts_file']} \"consistency_reference={ref}\"")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(real._overlay(tmp_path)), SD]), "OMP_NUM_THREADS": "2",
-           "KOHYA_EXT_TRACE": str(run / "trace.jsonl"), "PYTHONUNBUFFERED": "1"}
-    env.pop("KOHYA_SD_SCRIPTS", None)
-    cmd = [PY, str(Path(SD) / "train_network.py"), "--config_file", str(cfg), *gui.gui_split(additional)]
+    cfg = gc.write_gui_toml(out, _settings(argv), "", sample_prompts=Path(tiny["prompts_file"]).read_text())
+    accelerate = str(Path(PY).parent / "accelerate")
+    cmd = gc.gui_command(accelerate, Path(SD), "train_network.py", cfg,
+                         additional.replace("{options}", options.as_posix().replace(" ", "%20")))
+    env = gc.gui_env(tmp_path, Path(SD))
+    env["PYTHONPATH"] = os.pathsep.join([str(real._overlay(tmp_path)), env["PYTHONPATH"]])
+    env.update({"OMP_NUM_THREADS": "2", "KOHYA_EXT_TRACE": str(run / "trace.jsonl"), "PYTHONUNBUFFERED": "1"})
     proc = subprocess.run(cmd, cwd=run, env=env, capture_output=True, text=True, timeout=1500)
     print(proc.stdout[-4000:])
+    return proc, out, tiny
+
+
+def test_real_train_network_from_the_gui_command(tmp_path, tadne_tiles):
+    """A Standard LoRA whose user typed their own --network_args (conv_dim) in Additional
+    parameters, the kohya-ext options in a consistency_config file (paths with spaces), no
+    prompt file: the user's network_args reach networks.lora, the prompts are the captions."""
+    if not (Path(SD) / "train_network.py").is_file():
+        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no train_network.py")
+    additional = ('--network_args "conv_dim=2 conv_alpha=1" --network_module kohya_ext.gui_network '
+                  '--network_args consistency_config={options}')
+    proc, out, tiny = _gui_run(tmp_path, tadne_tiles, additional)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
 
     board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
@@ -81,6 +98,9 @@ def test_real_train_network_from_the_gui_command(tmp_path, tadne_tiles):
         (2, "step_save", "tiny-step00000002.safetensors"), (4, "step_save", "tiny-step00000004.safetensors")]
     assert all(r["status"] == "ok" and 0 <= r["score"] <= 1 for r in board), board
     assert len(list((out / "sample").glob("*.png"))) == 4  # the user's own samples, untouched by ours
+    captions = {p.read_text().strip() for p in Path(tiny["train_data_dir"]).glob("*/*.txt")}
+    prompts = [p["prompt"] for p in json.loads((out / "consistency" / "prompts.json").read_text())]
+    assert len(prompts) == 2 and set(prompts) <= captions, (prompts, captions)
     tb = h.read_tensorboard(out / "logs")
     assert sorted(s for s, _ in tb["consistency/score"]) == [2, 4] and {2, 4} <= {s for s, _ in tb["loss/average"]}
 
@@ -96,4 +116,18 @@ def test_real_train_network_from_the_gui_command(tmp_path, tadne_tiles):
     with safe_open(str(out / "tiny.safetensors"), "pt") as f:  # conv_dim reached networks.lora: 3x3 conv LoRA modules
         shapes = [f.get_slice(k).get_shape() for k in f.keys() if k.endswith("lora_down.weight")]
     assert any(len(s) == 4 and s[2:] == [3, 3] and s[0] == 2 for s in shapes), shapes
-    assert [t["step"] for t in h.read_trace(run / "trace.jsonl") if t["hook"] == "train_end"] == [4]
+    assert [t["step"] for t in h.read_trace(out.parent / "trace.jsonl") if t["hook"] == "train_end"] == [4]
+
+
+def test_real_gui_value_cut_at_a_space_is_one_kohya_ext_line(tmp_path, tadne_tiles):
+    """What a user types first: the path with its space. sd-scripts would crash on the split
+    item (ValueError: not enough values to unpack); kohya-ext says what to write instead."""
+    if not (Path(SD) / "train_network.py").is_file():
+        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no train_network.py")
+    proc, out, _ = _gui_run(tmp_path, tadne_tiles, "--network_module kohya_ext.gui_network "
+                                                   "--network_args consistency_reference=D:/My Characters/mio")
+    assert proc.returncode != 0
+    err = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("kohya-ext: error:")]
+    assert len(err) == 1 and "'Characters/mio' is not key=value" in err[0] and "%20" in err[0], proc.stderr[-4000:]
+    assert "not enough values to unpack" not in proc.stderr
+    assert not list(out.glob("*.safetensors"))

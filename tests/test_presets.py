@@ -1,6 +1,6 @@
 """Presets: each shipped TOML parses, every key is an sd-scripts or kohya-ext option, values fit.
 
-Uses the generated option table (kohya_ext/sd_options.py); tests/test_presets_real.py checks
+Uses the generated option tables (kohya_ext/sd_options/<version>.json); tests/test_presets_real.py checks
 that table against a real sd-scripts checkout and resolves the presets through its parser.
 """
 

@@ -1,11 +1,12 @@
 """Presets against a real sd-scripts checkout (skipped unless one is given).
 
-  KOHYA_SD_SCRIPTS  an sd-scripts checkout (v0.10.x)
+  KOHYA_SD_SCRIPTS  an sd-scripts checkout (v0.10.x or v0.11.x)
   KOHYA_SD_PYTHON   a python with sd-scripts' requirements (its venv); kohya-ext is taken from
                     this working tree through PYTHONPATH, nothing is installed into it
 
 Checks, run inside that python (this file is also the script it runs):
-  * kohya_ext/sd_options.py is still what scripts/gen_sd_options.py makes from the checkout;
+  * kohya_ext/sd_options/<version>.json (the version of the checkout) is still what
+    scripts/gen_sd_options.py makes from it;
   * each preset resolves through the family script's own ``setup_parser()`` (plus kohya-ext's
     flags, as the launcher adds them) and ``train_util.read_config_from_file``: no key left
     over that the parser does not know, every value as written, and every value of the

@@ -1,7 +1,7 @@
 """The real thing: sd-scripts' train_network.py through kohya-ext, on a tiny random SD1.x model (CPU).
 
 Needs (else skipped, saying which is missing):
-  KOHYA_SD_SCRIPTS  an sd-scripts checkout (v0.10.x)
+  KOHYA_SD_SCRIPTS  an sd-scripts checkout (v0.10.x or v0.11.x)
   KOHYA_SD_PYTHON   a python with sd-scripts' requirements (its venv); kohya-ext (and, when that
                     venv lacks it, the animeface wheel of the running interpreter) is taken through
                     a PYTHONPATH overlay: nothing is installed into that venv

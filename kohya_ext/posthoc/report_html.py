@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import KohyaExtError
+from ..errors import KohyaExtError, require
 from ..io_utils import atomic_write_text
 from ..ratios import RATIO_NAMES
 from ..training.leaderboard import Leaderboard
@@ -129,8 +129,7 @@ def _leaderboard_warnings(rows: list[dict[str, Any]], folder: Path) -> list[str]
 # -- plots ---------------------------------------------------------------------------------------
 
 def _figure(size: tuple[int, int], rows: int = 1):
-    import matplotlib
-
+    matplotlib = require("matplotlib", "matplotlib", "kohya-ext report (its plots)")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
