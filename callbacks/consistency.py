@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 from kohya_ext.errors import KohyaExtError
 from kohya_ext.io_utils import atomic_write_text
+from kohya_ext.patches.sample_names import parse_sample_name
 from kohya_ext.ratios import FORMULA_VERSION
 from kohya_ext.training import best as bestcopy
 from kohya_ext.training import resume
@@ -40,7 +40,6 @@ logger = logging.getLogger("kohya_ext")
 FOLDER = "consistency"
 RUN_RECORD = "run.json"
 STATE_FILE = "state.json"
-_SAMPLE_NUM = re.compile(r"_(\d{2,})_\d{14}(?:_\d+)?\.png$")  # kohya: {num}_{i:02d}_{YYYYmmddHHMMSS}[_{seed}].png
 
 
 class EarlyStopped(Exception):
@@ -264,8 +263,8 @@ class ConsistencyCallback(Callback):
         eval_dir.mkdir(parents=True, exist_ok=True)
         out = []
         for p in sorted((render_dir / "sample").glob("*.png")):
-            m = _SAMPLE_NUM.search(p.name)
-            idx = int(m.group(1)) if m else len(out)
+            name = parse_sample_name(p)  # kohya names them {num}_{i:02d}_{YYYYmmddHHMMSS}[_{seed}].png
+            idx = name.prompt_index if name else len(out)
             dst = eval_dir / f"{idx:02d}.png"
             shutil.move(str(p), dst)
             out.append(dst)

@@ -40,7 +40,7 @@ def write_reference(root: Path, tiles: list[np.ndarray], n: int = 12) -> Path:
 
 
 def sample_file(sample_dir: Path, num: str, idx: int, when: datetime, seed: int | None, output_name: str | None = OUTPUT_NAME) -> Path:
-    """A path named the way sd-scripts names a sample (see kohya_ext.posthoc.sample_names)."""
+    """A path named the way sd-scripts names a sample (see kohya_ext.patches.sample_names)."""
     prefix = "" if output_name is None else output_name + "_"
     seed_suffix = "" if seed is None else f"_{seed}"
     return sample_dir / f"{prefix}{num}_{idx:02d}_{when:%Y%m%d%H%M%S}{seed_suffix}.png"

@@ -14,7 +14,7 @@ from kohya_ext.backends import BackendSpec
 from kohya_ext.cli import main
 from kohya_ext.errors import KohyaExtError
 from kohya_ext.posthoc.rank import RANK_DIR, format_table, rank_run
-from kohya_ext.posthoc.sample_names import group_samples, parse_sample_name
+from kohya_ext.patches.sample_names import group_samples, parse_sample_name
 from kohya_ext.training.leaderboard import COLUMNS, FORMAT
 from posthoc_fixtures import OUTPUT_NAME, make_kohya_ext_run, make_sample_run, sample_file
 

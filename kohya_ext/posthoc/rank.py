@@ -21,7 +21,7 @@ from ..io_utils import atomic_write_text
 from ..ratios import FORMULA_VERSION, RATIO_NAMES
 from ..training.leaderboard import COLUMNS, JSON_NAME, Leaderboard
 from . import run_info
-from .sample_names import SampleGroup, group_samples
+from ..patches.sample_names import SampleGroup, group_samples
 
 logger = logging.getLogger(__name__)
 

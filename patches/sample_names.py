@@ -1,5 +1,8 @@
 """sd-scripts sample file names -> (output name, step or epoch, prompt index, time, seed).
 
+The one parser of them: training (which prompt an evaluation image renders), ``rank`` and
+``report`` all read names through it.
+
 Every sd-scripts sampler (SD1/2, SDXL, SD3, FLUX, Lumina, HunyuanImage, Anima) names its
 images ``{output_name}_{num}_{i:02d}_{YYYYmmddHHMMSS}{_seed}.png`` in ``output_dir/sample/``:
 ``num`` is ``{steps:06d}`` for step samples or ``e{epoch:06d}`` for epoch-end samples, the
