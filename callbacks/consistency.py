@@ -23,6 +23,7 @@ from kohya_ext.io_utils import atomic_write_text
 from kohya_ext.patches.sample_names import parse_sample_name
 from kohya_ext.ratios import FORMULA_VERSION
 from kohya_ext.training import best as bestcopy
+from kohya_ext.training import decisions
 from kohya_ext.training import resume
 from kohya_ext.training import trackers
 from kohya_ext.training.early_stop import EarlyStopState, StopConfig, decide
@@ -39,7 +40,6 @@ logger = logging.getLogger("kohya_ext")
 
 FOLDER = "consistency"
 RUN_RECORD = "run.json"
-STATE_FILE = "state.json"
 
 
 class EarlyStopped(Exception):
@@ -184,19 +184,11 @@ class ConsistencyCallback(Callback):
             raise EarlyStopped(global_step, self.stop_message)
 
     def trigger(self, args: Any, epoch: int | None, global_step: int) -> str | None:
-        if global_step <= 0 or self.stop_message is not None:
-            return None
-        if epoch is None:
-            if self.opts.every_n_steps:
-                return "every_n_steps" if global_step % self.opts.every_n_steps == 0 else None
-            return "step_save" if self.surface.step_save_due(args, global_step) else None
-        if global_step in self.evaluated_steps:
-            return None
-        if self.surface.is_final(args, global_step):
-            return "final"
-        if not self.opts.every_n_steps and self.surface.epoch_save_due(args, epoch):
-            return "epoch_save"
-        return None
+        return decisions.evaluation_trigger(
+            global_step, epoch, stopped=self.stop_message is not None, every_n_steps=self.opts.every_n_steps,
+            step_save_due=self.surface.step_save_due(args, global_step),
+            epoch_save_due=epoch is not None and self.surface.epoch_save_due(args, epoch),
+            final=self.surface.is_final(args, global_step), already_evaluated=global_step in self.evaluated_steps)
 
     def on_sample_point(self, accelerator: Any, args: Any, epoch: int | None, global_step: int, render: Any) -> None:
         self.current_step = global_step
@@ -305,7 +297,7 @@ class ConsistencyCallback(Callback):
         else:
             score = result["score"]
             mem = result.get("memorization")
-            memorized = mem is not None and mem > self.opts.memorization_max
+            memorized = decisions.is_memorized(mem, self.opts.memorization_max)
             eligible = not memorized
             row.update(score=score, detection_rate=result["detection_rate"], memorization=mem, memorized=memorized,
                        backend=result.get("backend"), score_version=result.get("score_version"), scoring_device=result.get("device"))
@@ -318,7 +310,7 @@ class ConsistencyCallback(Callback):
                 row["characters"] = ";".join(f"{c}={v['score']:.6f}" for c, v in result["characters"].items())
                 row["character_details"] = result["characters"]
             prev = self.board.best()
-            row["is_best"] = eligible and (prev is None or score > prev["score"])
+            row["is_best"] = decisions.is_new_best(score, eligible, None if prev is None else prev["score"])
             trackers.log_scalars(accelerator, result["scalars"], global_step, log_epoch)
             if result.get("grid"):
                 try:
@@ -349,18 +341,16 @@ class ConsistencyCallback(Callback):
             self.run_record["stopped"] = {"kohya_step": global_step, "cum_step": cum, "reason": reason.value, "message": message}
         trackers.flush(accelerator)
         self._write_run_record()
-        self._save_state()
         return message if stop else None
 
     def _checkpoint_for(self, args, kind, epoch, global_step) -> str | None:
         ext = "." + getattr(args, "save_model_as", "safetensors")
-        if kind == "step_save" or (kind == "every_n_steps" and self.surface.step_save_due(args, global_step)):
+        which = decisions.checkpoint_kind(kind, self.surface.step_save_due(args, global_step))
+        if which == "step":
             return self.surface.step_ckpt_name(args, ext, global_step)
-        if kind == "epoch_save":
+        if which == "epoch":
             return self.surface.epoch_ckpt_name(args, ext, epoch)
-        if kind == "final":
-            return self.surface.last_ckpt_name(args, ext)
-        return None
+        return self.surface.last_ckpt_name(args, ext) if which == "last" else None
 
     # -- the best copy -------------------------------------------------------------------------
     def best_path(self, args: Any) -> Path:
@@ -370,9 +360,11 @@ class ConsistencyCallback(Callback):
     def _keep_best(self, args: Any, row: dict, global_step: int) -> None:
         """Copy exactly the evaluated weights: the file kohya already wrote for this step, the
         one it writes right after this hook, or (no kohya save at this step) a save of our own."""
-        if self.last_save is not None and self.last_save["global_step"] == global_step:
+        source = decisions.best_copy_source(global_step, None if self.last_save is None else self.last_save["global_step"],
+                                            row.get("checkpoint"))
+        if source is decisions.BestCopy.COPY_SAVED:
             self._copy_best(args, self.last_save["path"], row)
-        elif row.get("checkpoint") is not None:
+        elif source is decisions.BestCopy.AWAIT_SAVE:
             self.pending_best = {"row": row, "global_step": global_step}
         else:
             self._save_own_best(args, row, global_step)
@@ -440,33 +432,21 @@ class ConsistencyCallback(Callback):
 
     # -- state (resume) ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"early_stop": self.es.state_dict(), "cum_step": self.step_offset + self.current_step, "epoch": self.epoch,
-                "segment": self.segment}
+        """What a ``--save_state`` folder must hold for a resume to continue this run's history:
+        the cumulative step, the segment and epoch, and which evaluations belong to these weights
+        (the early-stopping state is replayed from them on load). Written as kohya_ext_consistency.json
+        into kohya's state folder by accelerate's save-state pre hook."""
+        best = None if self.board is None else self.board.best()
+        return {"cum_step": self.step_offset + self.current_step, "segment": self.segment, "epoch": self.epoch,
+                "evaluations": [r["eval"] for r in self.board.rows] if self.board is not None else [],
+                "best": None if best is None else {k: best.get(k) for k in ("eval", "cum_step", "kohya_step", "checkpoint", "score")}}
 
-    def _on_save_state(self, models: Any, weights: Any, output_dir: str) -> None:
-        """accelerate's save-state pre hook: our side file next to kohya's train_state.json."""
-        if not self.is_main or self.board is None:
-            return
-        try:
-            best = self.board.best()
-            resume.write_side_file(output_dir, self.step_offset + self.current_step, self.segment, self.epoch,
-                                   [r["eval"] for r in self.board.rows],
-                                   None if best is None else {k: best.get(k) for k in ("eval", "cum_step", "kohya_step", "checkpoint", "score")})
-        except Exception as e:  # never break kohya's state save
-            logger.warning("kohya-ext: writing %s into %s failed: %s", resume.SIDE_FILE, output_dir, e)
-
-    def _on_load_state(self, models: Any, input_dir: str) -> None:
-        """accelerate's load-state pre hook (every rank): continue the cumulative step, the
-        history, the best score and the patience count of the state being resumed."""
-        side = resume.read_side_file(input_dir)
-        if side is None:
-            if self.is_main:
-                _say(f"{input_dir} holds no {resume.SIDE_FILE} (saved without kohya-ext): the consistency history starts afresh "
-                     "at cumulative step 0")
-            return
-        self.step_offset = int(side["cum_step"])
-        self.segment = int(side.get("segment", 0)) + 1
-        self.epoch = int(side.get("epoch", 0))
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved ``state_dict()`` (every rank): the cumulative step, the history
+        of the resumed lineage, the best score and the patience count."""
+        self.step_offset = int(state["cum_step"])
+        self.segment = int(state.get("segment", 0)) + 1
+        self.epoch = int(state.get("epoch", 0))
         if not self.is_main:
             return
         try:
@@ -474,18 +454,39 @@ class ConsistencyCallback(Callback):
         except (OSError, ValueError) as e:  # never break kohya's resume over our history
             _say(f"cannot read the consistency history ({e}): continuing from cumulative step {self.step_offset} with a fresh one")
             return
-        kept, abandoned = resume.split_rows(old.rows, side)
+        kept, abandoned = resume.split_rows(old.rows, state)
         self.board.rows = kept
         self.board.abandoned = old.abandoned + [{**r, "is_best": False} for r in abandoned]
         best = self.board.best()
         self.es = resume.replay(kept, self.stop_cfg)
         self.board.write()
         self._check_best_copy(best)
-        _say(f"resumed from {input_dir} at cumulative step {self.step_offset}: {len(kept)} evaluation(s) kept"
-             + (f", {len(abandoned)} from the replaced continuation set aside" if abandoned else "")
-             + (f"; best {best['score']:.4f} at cumulative step {best['cum_step']}" if best else "")
-             + (f"; {self.es.wait} evaluation(s) without improvement so far" if self.stop_cfg.active else ""))
-        self._save_state()
+        self.resume_note = (f"{len(kept)} evaluation(s) kept"
+                            + (f", {len(abandoned)} from the replaced continuation set aside" if abandoned else "")
+                            + (f"; best {best['score']:.4f} at cumulative step {best['cum_step']}" if best else "")
+                            + (f"; {self.es.wait} evaluation(s) without improvement so far" if self.stop_cfg.active else ""))
+
+    def _on_save_state(self, models: Any, weights: Any, output_dir: str) -> None:
+        """accelerate's save-state pre hook: our side file next to kohya's train_state.json."""
+        if not self.is_main or self.board is None:
+            return
+        try:
+            resume.write_side_file(output_dir, self.state_dict())
+        except Exception as e:  # never break kohya's state save
+            logger.warning("kohya-ext: writing %s into %s failed: %s", resume.SIDE_FILE, output_dir, e)
+
+    def _on_load_state(self, models: Any, input_dir: str) -> None:
+        """accelerate's load-state pre hook (every rank)."""
+        side = resume.read_side_file(input_dir)
+        if side is None:
+            if self.is_main:
+                _say(f"{input_dir} holds no {resume.SIDE_FILE} (saved without kohya-ext): the consistency history starts afresh "
+                     "at cumulative step 0")
+            return
+        self.resume_note = ""
+        self.load_state_dict(side)
+        if self.is_main:
+            _say(f"resumed from {input_dir} at cumulative step {self.step_offset}: {self.resume_note}")
 
     def _check_best_copy(self, best: dict | None) -> None:
         """After a resume the ``-best`` file must hold the kept history's best evaluation. If it
@@ -507,6 +508,3 @@ class ConsistencyCallback(Callback):
             src = Path(self.args.output_dir) / best["checkpoint"]
             if src.exists() and src.suffix == ".safetensors" and bestcopy.read_metadata(src).get("ss_steps") == str(best["kohya_step"]):
                 self._copy_best(self.args, str(src), best)
-
-    def _save_state(self) -> None:
-        atomic_write_text(self.folder / STATE_FILE, json.dumps(self.state_dict(), indent=1))

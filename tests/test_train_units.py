@@ -156,7 +156,7 @@ def test_resume_keeps_the_state_lineage_and_replays_patience(tmp_path):
     from kohya_ext.training import resume
 
     assert resume.read_side_file(tmp_path) is None  # a state saved without kohya-ext
-    resume.write_side_file(tmp_path, cum_step=4, segment=0, epoch=1, evals=[1, 2], best=None)
+    resume.write_side_file(tmp_path, {"cum_step": 4, "segment": 0, "epoch": 1, "evaluations": [1, 2], "best": None})
     side = resume.read_side_file(tmp_path)
     rows = [{"eval": i + 1, "cum_step": c, "segment": 0, "status": "ok", "score": sc}
             for i, (c, sc) in enumerate([(2, 0.5), (4, 0.8), (4, 0.7), (6, 0.9), (8, 0.6)])]

@@ -24,10 +24,10 @@ SIDE_FILE = "kohya_ext_consistency.json"
 FORMAT = "kohya-ext-state"
 
 
-def write_side_file(state_dir: str | Path, cum_step: int, segment: int, epoch: int, evals: list[int], best: dict | None) -> Path:
+def write_side_file(state_dir: str | Path, state: dict[str, Any]) -> Path:
+    """``state`` (the callback's ``state_dict()``: cum_step, segment, epoch, evaluations, best)."""
     path = Path(state_dir) / SIDE_FILE
-    doc = {"format": FORMAT, "version": 1, "cum_step": int(cum_step), "segment": int(segment), "epoch": int(epoch),
-           "evaluations": [int(e) for e in evals], "best": best}
+    doc = {"format": FORMAT, "version": 1, **state}
     atomic_write_text(path, json.dumps(doc, indent=1, default=str))
     return path
 
