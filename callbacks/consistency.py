@@ -52,8 +52,8 @@ class EarlyStopped(Exception):
 
 
 def _say(msg: str) -> None:
-    # sd-scripts configures rich logging on the root logger; print keeps our lines visible either way.
-    logger.info(msg)
+    """One line in the training log. Printed, not logged: sd-scripts puts a rich handler on the
+    root logger, so logging as well would show every line twice."""
     print(f"kohya-ext: {msg}", flush=True)
 
 

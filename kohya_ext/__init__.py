@@ -1,3 +1,44 @@
-"""kohya-ext: does the character still look like itself? Facial-proportion consistency for LoRA training."""
+"""kohya-ext: does the character still look like itself? Facial-proportion consistency for LoRA training.
+
+The public API (imported on first use, so ``import kohya_ext`` stays light)::
+
+    from kohya_ext import Scorer
+    scorer = Scorer("train/10_sks girl", backend="auto")   # a folder, kohya dataset or ref.json
+    report = scorer.score_paths(["samples/"])               # a ConsistencyReport
+    print(report.format_text(), report.score)
+
+- ``Scorer``: a reference and a backend; scores image files or in-memory RGB arrays.
+- ``load_references`` / ``build_reference`` / ``ReferenceStats``: reference statistics
+  (``ReferenceStats.load("ref.json")``, ``.save(path)``).
+- ``ConsistencyReport`` and ``compare(reference, measurements)``: the comparison and its report.
+- ``BackendSpec`` and ``BACKEND_NAMES`` (``auto``, ``hrnet``, ``nvxs``): the backend choice.
+- ``KohyaExtError``: every user-facing error (one line naming the thing and the fix).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "Scorer": "scorer", "load_references": "scorer",
+    "build_reference": "reference", "ReferenceStats": "reference",
+    "ConsistencyReport": "report", "compare": "report",
+    "BackendSpec": "backends", "BACKEND_NAMES": "backends",
+    "KohyaExtError": "errors",
+}
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

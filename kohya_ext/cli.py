@@ -14,6 +14,7 @@ from . import __version__
 from .backends import BACKEND_NAMES, BackendSpec
 from .errors import KohyaExtError
 from .i18n import LANGUAGES
+from .io_utils import slug
 
 logger = logging.getLogger("kohya_ext")
 
@@ -111,7 +112,7 @@ def cmd_reference(args) -> int:
                            cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet)
     out = Path(args.output)
     for ref in refs:
-        path = out.with_name(f"{out.stem}.{_safe(ref.name)}{out.suffix}") if args.by_class else out
+        path = out.with_name(f"{out.stem}.{slug(ref.name)}{out.suffix}") if args.by_class else out
         ref.save(path)
         c = ref.counts
         skipped = {k: v for k, v in c.items() if k not in ("images", "faces", "usable", "multi_face_images") and v}
@@ -119,10 +120,6 @@ def cmd_reference(args) -> int:
               + (f", skipped {skipped}" if skipped else "") + f", backend {ref.backend_name}")
         ref.check_usable()
     return 0
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name).strip("_") or "class"
 
 
 def cmd_score(args) -> int:
@@ -142,18 +139,19 @@ def cmd_score(args) -> int:
 
 
 def _write_overlays(report, out_dir) -> None:
-    from .images import load_image
-    from .overlay import write_overlays
+    from .overlay import write_report_overlays
 
-    pairs = [(load_image(m.name), m) for m in report.samples if m.status != "unreadable"]
-    paths = write_overlays([p[0] for p in pairs], [p[1] for p in pairs], out_dir)
-    print(f"overlays: {len(paths)} images in {out_dir}")
+    print(f"overlays: {len(write_report_overlays(report, out_dir))} images in {out_dir}")
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args)
+    report, out = run_demo(args.grid, Path(args.out), _spec(args), use_cache=not args.no_cache, progress=not args.quiet)
+    print(report.format_text(args.lang))
+    _write_overlays(report, out / "overlays")
+    print(f"reference: {out / 'ref.json'}  report: {out / 'report.json'}")
+    return 0
 
 
 def _rank_kwargs(args) -> dict:

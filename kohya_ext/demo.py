@@ -55,19 +55,14 @@ def split_grid(grid_path: Path, out: Path) -> tuple[Path, Path]:
     return ref_dir, smp_dir
 
 
-def run_demo(args) -> int:
-    from .cli import _spec, _write_overlays
+def run_demo(grid: str | None, out: Path, spec, use_cache: bool = True, progress: bool = True):
+    """(report, out): the reference half measured into ``out/ref.json``, the sample half scored
+    against it into ``out/report.json``."""
     from .scorer import Scorer, load_references
 
-    out = Path(args.out)
-    grid = find_grid(args.grid, out)
-    ref_dir, smp_dir = split_grid(grid, out)
-    spec = _spec(args)
-    ref = load_references(ref_dir, spec, use_cache=not args.no_cache, progress=not args.quiet)[0]
+    ref_dir, smp_dir = split_grid(find_grid(grid, out), out)
+    ref = load_references(ref_dir, spec, use_cache=use_cache, progress=progress)[0]
     ref.save(out / "ref.json")
-    report = Scorer(ref, spec, use_cache=not args.no_cache, progress=not args.quiet).score_paths([smp_dir])
-    print(report.format_text(args.lang))
+    report = Scorer(ref, spec, use_cache=use_cache, progress=progress).score_paths([smp_dir])
     (out / "report.json").write_text(report.to_json(), encoding="utf-8")
-    _write_overlays(report, out / "overlays")
-    print(f"reference: {out / 'ref.json'}  report: {out / 'report.json'}")
-    return 0
+    return report, out

@@ -7,6 +7,11 @@ import tempfile
 from pathlib import Path
 
 
+def slug(name: str) -> str:
+    """A name (class token, character) as a file-name or tracker-tag part: ``sks girl`` -> ``sks_girl``."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.strip()) or "_"
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and a rename,
     so an interrupted write never leaves a half-written file behind."""

@@ -58,3 +58,11 @@ def overlay_grid(images: Sequence[Image.Image], columns: int = 4, tile: int = 25
         t.thumbnail((tile, tile))
         grid.paste(t, ((i % columns) * tile + (tile - t.width) // 2, (i // columns) * tile + (tile - t.height) // 2))
     return grid
+
+
+def write_report_overlays(report, out_dir: str | Path) -> list[Path]:
+    """Overlays of every readable sample of a ``ConsistencyReport`` (re-read from its file)."""
+    from .images import load_image
+
+    pairs = [(load_image(m.name), m) for m in report.samples if m.status != "unreadable"]
+    return write_overlays([p[0] for p in pairs], [p[1] for p in pairs], out_dir)

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .toml_compat import tomllib
+from .toml_compat import flatten_config_checked, tomllib
 
 from .errors import KohyaExtError
 
@@ -145,29 +145,6 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise KohyaExtError(f"{p}: cannot read ({e.strerror})") from None
 
 
-def flatten(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Flatten one level of tables as sd-scripts does; also return problems sd-scripts ignores.
-
-    sd-scripts lets a later table silently override a key set earlier, and passes a table
-    nested two levels deep through as a dict value: both are reported here.
-    """
-    flat: dict[str, Any] = {}
-    where: dict[str, str] = {}
-    problems: list[str] = []
-    for section, value in data.items():
-        items = value.items() if isinstance(value, dict) else [(section, value)]
-        label = f"[{section}]" if isinstance(value, dict) else "top level"
-        for key, v in items:
-            if isinstance(v, dict):
-                problems.append(f"{key} in {label}: tables nest one level only in a kohya config file; move its keys up")
-                continue
-            if key in flat:
-                problems.append(f"{key}: set twice ({where[key]} and {label}); sd-scripts would silently keep the last")
-            flat[key] = v
-            where[key] = label
-    return flat, problems
-
-
 _PY_TYPES = {"int": (int,), "float": (int, float), "int_or_float": (int, float)}
 
 
@@ -289,7 +266,7 @@ def check_preset(name_or_path: str | Path, script: str | None = None) -> PresetC
     path = preset_path(name_or_path)
     script = script or script_for(path)
     ext = kohya_ext_options()
-    flat, problems = flatten(load_toml(path))
+    flat, problems = flatten_config_checked(load_toml(path))
     for version in tables.versions():  # a preset must work on every supported sd-scripts version
         sd = sd_options(script, version)
         for key, value in flat.items():

@@ -10,9 +10,9 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..backends import BACKEND_NAMES
 from ..errors import KohyaExtError
 
-BACKENDS = ("auto", "hrnet", "nvxs")
 GROUP_TITLE = "kohya-ext consistency"
 
 
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="early stopping: never stop before this many evaluations")
     g.add_argument("--consistency_target", type=float, default=None,
                    help="early stopping: stop once the score reaches this value (0..1)")
-    g.add_argument("--consistency_backend", type=str, default=_DEFAULTS.backend, choices=BACKENDS,
+    g.add_argument("--consistency_backend", type=str, default=_DEFAULTS.backend, choices=BACKEND_NAMES,
                    help="face/landmark backend for scoring")
     g.add_argument("--consistency_device", type=str, default=_DEFAULTS.device,
                    help="device of the scoring models (auto, cpu, cuda, cuda:N)")
@@ -132,8 +132,8 @@ def from_args(args: Any) -> ConsistencyOptions:
     if not isinstance(enabled, bool):
         raise _bad("consistency", enabled, "true or false")
     backend = _str(args, "consistency_backend", "auto")
-    if backend not in BACKENDS:
-        raise _bad("consistency_backend", backend, "one of " + ", ".join(BACKENDS))
+    if backend not in BACKEND_NAMES:
+        raise _bad("consistency_backend", backend, "one of " + ", ".join(BACKEND_NAMES))
     scorer = _str(args, "consistency_scorer", None)
     if scorer is not None and ":" not in scorer:
         raise _bad("consistency_scorer", scorer, "MODULE:CALLABLE")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KohyaExtError
+from ..io_utils import slug
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,6 @@ def build_scorer(cfg: dict) -> Any:
                                 f"(class tokens found: {', '.join(refs)})")
         return {c: Scorer(refs[c], backend=spec, progress=False) for c in cfg["characters"]}
     return Scorer(cfg["reference"], backend=spec, progress=False)
-
-
-def slug(name: str) -> str:
-    """A class token as a tracker tag part: ``consistency/character/<slug>/score``."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.strip()) or "_"
 
 
 def _weighted(parts: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
