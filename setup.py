@@ -21,6 +21,7 @@ setup(
     packages=[
         "kohya_ext",
         "kohya_ext.backends",
+        "kohya_ext.comfy",
         "kohya_ext.training",
         "kohya_ext.posthoc",
         "kohya_ext.callbacks",

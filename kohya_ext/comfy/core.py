@@ -1,0 +1,427 @@
+"""What the ComfyUI nodes do, without ComfyUI: tensors in, the scorer's objects and tensors out.
+
+Everything here works on plain torch tensors in ComfyUI's IMAGE layout
+([B, H, W, C] float in 0..1) so it can be tested and benchmarked without a
+ComfyUI installation; kohya_ext.comfy.nodes wraps it in ComfyUI's node API.
+
+- References come from the same sources as the CLI's (``ref.json``, folder,
+  kohya ``train_data_dir``, dataset config TOML) and are measured through the
+  CLI's on-disk measurement cache; built references are also kept in memory,
+  keyed by the source's file stats, so a queue run does not rebuild them.
+- Batches are measured once per (tensor, backend): the consistency node and the
+  gate fed the same IMAGE output share the measurement.
+- The set score is kohya_ext.report.compare on the batch (the same number as
+  ``kohya-ext score`` on the same pixels); per-image scores are
+  kohya_ext.image_score.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from ..backends import BACKEND_NAMES, BackendSpec
+from ..errors import KohyaExtError
+from ..image_score import ImageScore, image_scores
+from ..images import MIN_IMAGE_SIDE
+from ..measure import ImageMeasurement, measure_arrays, measure_files
+from ..ratios import ExclusionRules
+from ..reference import ReferenceStats
+from ..report import ConsistencyReport, compare
+
+#: progress(done, total): called as work advances (ComfyUI's progress bar in the nodes)
+Progress = Callable[[int, int], None]
+#: images measured per backend call: a progress step, and a batch for hrnet
+CHUNK = 8
+#: file paths measured per step while a reference is built (each step also flushes the cache)
+REFERENCE_CHUNK = 32
+
+
+def _noop(done: int, total: int) -> None:
+    pass
+
+
+# -- tensors <-> arrays ---------------------------------------------------------------------------
+
+def tensor_to_arrays(images: torch.Tensor) -> list[np.ndarray]:
+    """ComfyUI IMAGE -> RGB uint8 arrays, one per batch item.
+
+    Accepts [B, H, W, C] (or one [H, W, C] image) with C = 1 (grey), 2 (grey +
+    alpha), 3 (RGB) or 4 (RGBA); floats in 0..1 (NaN -> 0, clipped) or uint8.
+    Alpha is composited on white, as the CLI does for image files with
+    transparency. Floats are rounded to the nearest of 256 levels, so an image
+    that ComfyUI's LoadImage made from an 8-bit file (value / 255) comes back
+    bit-exact: the score is the CLI's on that file.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise KohyaExtError(f"expected an IMAGE tensor [B, H, W, C], got {type(images).__name__}")
+    t = images.detach()
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    if t.ndim != 4 or t.shape[-1] not in (1, 2, 3, 4):
+        raise KohyaExtError(f"expected an IMAGE tensor [B, H, W, C] with C = 1..4 channels, got shape {list(images.shape)}")
+    if t.shape[0] == 0:
+        return []
+    t = t.cpu()
+    if t.dtype == torch.uint8:
+        t = t.to(torch.float32) / 255.0
+    else:
+        t = torch.nan_to_num(t.to(torch.float32), nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+    c = t.shape[-1]
+    if c in (2, 4):
+        alpha = t[..., -1:]
+        t = t[..., :-1] * alpha + (1.0 - alpha)
+    if t.shape[-1] == 1:
+        t = t.expand(*t.shape[:-1], 3)
+    u8 = t.mul(255.0).round_().to(torch.uint8).numpy()
+    return [np.ascontiguousarray(u8[i]) for i in range(u8.shape[0])]
+
+
+def arrays_to_tensor(images: Sequence[np.ndarray | Image.Image], height: int = 64, width: int = 64) -> torch.Tensor:
+    """RGB uint8 arrays or PIL images of one size -> ComfyUI IMAGE [B, H, W, 3] float32 in 0..1.
+
+    An empty list gives a [0, height, width, 3] tensor.
+    """
+    if not images:
+        return torch.zeros((0, height, width, 3), dtype=torch.float32)
+    arr = np.stack([np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im, dtype=np.uint8) for im in images])
+    return torch.from_numpy(arr).to(torch.float32).div_(255.0)
+
+
+def select(images: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+    """Batch items ``indices`` of an IMAGE (an empty selection keeps H, W, C with B = 0)."""
+    t = images if images.ndim == 4 else images.unsqueeze(0)
+    return t[list(indices)] if indices else t[:0]
+
+
+# -- backends and references ----------------------------------------------------------------------
+
+_LOCK = threading.RLock()
+_SPECS: dict[tuple, BackendSpec] = {}
+
+
+def backend_spec(backend: str = "auto", device: str = "auto", face_detector: str | None = None,
+                 landmark_weights: str | None = None, detector_weights: str | None = None) -> BackendSpec:
+    """One BackendSpec (and so one loaded model) per choice, kept for the life of the process."""
+    if backend not in BACKEND_NAMES:
+        raise KohyaExtError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_NAMES)}")
+    key = (backend, device or "auto", face_detector or None, landmark_weights or None, detector_weights or None)
+    with _LOCK:
+        spec = _SPECS.get(key)
+        if spec is None:
+            spec = BackendSpec(backend, device=device or "auto", face_detector=face_detector or None,
+                               landmark_weights=landmark_weights or None, detector_weights=detector_weights or None)
+            _SPECS[key] = spec
+        return spec
+
+
+@dataclass
+class CharacterReference:
+    """The CHARACTER_REFERENCE a ComfyUI workflow passes around: reference statistics + the backend to measure with."""
+
+    stats: ReferenceStats
+    spec: BackendSpec
+    rules: ExclusionRules
+    source: str
+
+    @property
+    def identity(self) -> dict:
+        return self.stats.backend
+
+    def describe(self) -> str:
+        c = self.stats.counts
+        return (f"reference {self.stats.name!r} from {self.source}: {c['images']} images, {c['usable']} usable faces, "
+                f"backend {self.stats.backend_name}")
+
+    def __repr__(self) -> str:  # ComfyUI prints inputs with str() in error reports
+        return f"<CharacterReference {self.describe()}>"
+
+
+def resolve_source(path: str, search: Sequence[str | os.PathLike] = ()) -> Path:
+    """A reference path as the user typed it: ``~`` expanded, relative paths tried as given, then under ``search``."""
+    text = (path or "").strip().strip('"').strip("'")
+    if not text:
+        raise KohyaExtError("no reference path given: enter a folder, a kohya dataset config .toml or a ref.json")
+    p = Path(os.path.expanduser(text))
+    if not p.is_absolute() and not p.exists():
+        for base in search:
+            cand = Path(base) / p
+            if cand.exists():
+                return cand
+    return p
+
+
+def source_fingerprint(path: Path) -> str:
+    """Changes when the reference's files change (their paths, sizes and mtimes); errors fingerprint as themselves."""
+    from ..datasets import resolve_image_groups
+    from ..scorer import is_reference_file
+
+    try:
+        files = [path] if is_reference_file(path) else [p for g in resolve_image_groups(path) for p in g.paths]
+        if path.is_file():
+            files.append(path)
+        stats = []
+        for f in files:
+            st = os.stat(f)
+            stats.append((str(Path(f).resolve()), st.st_size, st.st_mtime_ns))
+        return json.dumps(sorted(set(stats)))
+    except (KohyaExtError, OSError) as e:
+        return f"error: {e}"
+
+
+_REFERENCES: "OrderedDict[tuple, CharacterReference]" = OrderedDict()
+_MAX_REFERENCES = 8
+
+
+def reference_from_path(
+    path: str | os.PathLike,
+    spec: BackendSpec,
+    rules: ExclusionRules = ExclusionRules(),
+    use_cache: bool = True,
+    cache_dir: Path | None = None,
+    progress: Progress = _noop,
+) -> CharacterReference:
+    """A reference from what the CLI accepts: a ref.json, an image folder, a kohya train_data_dir or dataset config.
+
+    Images are measured through the CLI's measurement cache; the built reference is
+    kept in memory while the source's files are unchanged.
+    """
+    from ..datasets import resolve_image_groups
+    from ..scorer import backend_for_reference, is_reference_file
+
+    src = Path(path)
+    if not src.exists():
+        raise KohyaExtError(f"{src}: no such file or folder")
+    spec = backend_for_reference(src, spec)
+    key = (str(src.resolve()), spec.requested, spec.device, tuple(sorted(spec.hrnet_options.items())),
+           json.dumps(rules.as_dict(), sort_keys=True), use_cache, str(cache_dir), source_fingerprint(src))
+    with _LOCK:
+        hit = _REFERENCES.get(key)
+        if hit is not None:
+            _REFERENCES.move_to_end(key)
+            progress(1, 1)
+            return hit
+    if is_reference_file(src):
+        stats = ReferenceStats.load(src)
+        stats.check_compatible(spec.identity(), rules.as_dict())
+    else:
+        groups = resolve_image_groups(src)
+        paths = [p for g in groups for p in g.paths]
+        sources = [s for g in groups for s in g.sources]
+        name = groups[0].name if len(groups) == 1 else (src.stem if src.is_file() else src.name)
+        identity = spec.identity()
+        from ..cache import MeasurementCache
+
+        cache = MeasurementCache(identity, rules.as_dict(), cache_dir) if use_cache else None
+        measurements: list[ImageMeasurement] = []
+        progress(0, len(paths))
+        for start in range(0, len(paths), REFERENCE_CHUNK):
+            chunk = paths[start : start + REFERENCE_CHUNK]
+            measurements += measure_files(chunk, spec.create, identity["backend"], cache=cache, rules=rules, progress=False)
+            progress(len(measurements), len(paths))
+        stats = ReferenceStats(
+            backend=identity, rules=rules.as_dict(), measurements=measurements, name=name, sources=sources,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+    stats.check_usable()
+    ref = CharacterReference(stats, spec, rules, str(src))
+    with _LOCK:
+        _REFERENCES[key] = ref
+        while len(_REFERENCES) > _MAX_REFERENCES:
+            _REFERENCES.popitem(last=False)
+    return ref
+
+
+def reference_from_images(
+    images: torch.Tensor,
+    spec: BackendSpec,
+    name: str = "reference",
+    rules: ExclusionRules = ExclusionRules(),
+    progress: Progress = _noop,
+) -> CharacterReference:
+    """A reference measured from an IMAGE batch (e.g. a few approved generations, or loaded training images)."""
+    arrays = tensor_to_arrays(images)
+    if not arrays:
+        raise KohyaExtError("the reference image batch is empty: connect images that show the character's face")
+    spec = _concrete(spec)
+    measurements = measure_tensor(images, spec, rules, arrays=arrays, progress=progress)
+    stats = ReferenceStats(
+        backend=spec.identity(), rules=rules.as_dict(), measurements=[ImageMeasurement.from_dict(m.to_dict()) for m in measurements],
+        name=name or "reference", sources=["IMAGE batch"],
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    stats.check_usable()
+    return CharacterReference(stats, spec, rules, f"an IMAGE batch of {len(arrays)}")
+
+
+def _concrete(spec: BackendSpec) -> BackendSpec:
+    spec.name  # resolve auto now (and say which), not in the middle of a measurement
+    return spec
+
+
+# -- measuring batches ----------------------------------------------------------------------------
+
+_MEASURED: "OrderedDict[tuple, tuple[weakref.ref, int, list[ImageMeasurement]]]" = OrderedDict()
+_MAX_MEASURED = 8
+
+
+def _memo_key(images: torch.Tensor, spec: BackendSpec, rules: ExclusionRules) -> tuple:
+    return (id(images), json.dumps(spec.identity(), sort_keys=True), json.dumps(rules.as_dict(), sort_keys=True))
+
+
+def measure_tensor(
+    images: torch.Tensor,
+    spec: BackendSpec,
+    rules: ExclusionRules = ExclusionRules(),
+    arrays: list[np.ndarray] | None = None,
+    progress: Progress = _noop,
+) -> list[ImageMeasurement]:
+    """Measure every image of an IMAGE batch (names ``image_0000``...), once per tensor object and backend.
+
+    The same unmodified tensor object (ComfyUI hands one node output to every node
+    it feeds) is measured once: the consistency node and the gate share the work.
+    Images smaller than the CLI's minimum side count as unreadable, as such files do.
+    """
+    key = _memo_key(images, spec, rules)
+    with _LOCK:
+        hit = _MEASURED.get(key)
+        if hit is not None and hit[0]() is images and hit[1] == images._version:
+            _MEASURED.move_to_end(key)
+            progress(1, 1)
+            return hit[2]
+    if arrays is None:
+        arrays = tensor_to_arrays(images)
+    names = [f"image_{i:04d}" for i in range(len(arrays))]
+    out: list[ImageMeasurement | None] = [None] * len(arrays)
+    todo = []
+    for i, a in enumerate(arrays):
+        h, w = a.shape[:2]
+        if min(h, w) < MIN_IMAGE_SIDE:
+            out[i] = ImageMeasurement(name=names[i], status="unreadable", width=w, height=h,
+                                      error=f"image is {w}x{h} px, too small to hold a face (need >= {MIN_IMAGE_SIDE} px)")
+        else:
+            todo.append(i)
+    progress(0, len(arrays))
+    done = len(arrays) - len(todo)
+    if todo:
+        backend = spec.create()
+        for start in range(0, len(todo), CHUNK):
+            idx = todo[start : start + CHUNK]
+            for i, m in zip(idx, measure_arrays(backend, [arrays[i] for i in idx], [names[i] for i in idx], rules)):
+                out[i] = m
+            done += len(idx)
+            progress(done, len(arrays))
+    result = [m for m in out if m is not None]
+    with _LOCK:
+        try:
+            _MEASURED[key] = (weakref.ref(images), images._version, result)
+            while len(_MEASURED) > _MAX_MEASURED:
+                _MEASURED.popitem(last=False)
+        except TypeError:  # not weak-referenceable: no memo
+            pass
+    return result
+
+
+# -- the nodes' work ------------------------------------------------------------------------------
+
+@dataclass
+class ConsistencyResult:
+    report: ConsistencyReport
+    scores: list[ImageScore]
+    text: str
+    overlays: torch.Tensor | None
+
+    @property
+    def score(self) -> float:
+        return float(self.report.score)
+
+    def per_image_json(self) -> str:
+        return json.dumps([s.to_dict() for s in self.scores], ensure_ascii=False)
+
+
+def consistency(
+    reference: CharacterReference,
+    images: torch.Tensor,
+    lang: str = "en",
+    overlays: bool = True,
+    progress: Progress = _noop,
+) -> ConsistencyResult:
+    """Set score, report, per-image scores and (optionally) overlays of a batch against a reference."""
+    arrays = tensor_to_arrays(images)
+    ms = measure_tensor(images, reference.spec, reference.rules, arrays=arrays, progress=progress)
+    report = compare(reference.stats, ms, reference.spec.identity())
+    scores = image_scores(reference.stats, ms)
+    text = report.format_text(lang)
+    ov = draw_overlays(arrays, ms, scores, images) if overlays else None
+    return ConsistencyResult(report, scores, text, ov)
+
+
+def draw_overlays(arrays: list[np.ndarray], measurements: list[ImageMeasurement], scores: list[ImageScore],
+                  like: torch.Tensor | None = None) -> torch.Tensor:
+    """The batch with face boxes, landmarks, status and per-image score drawn (kohya_ext.overlay)."""
+    from ..overlay import draw_overlay
+
+    pics = []
+    for a, m, s in zip(arrays, measurements, scores):
+        if m.status == "unreadable":
+            img = Image.fromarray(a)
+            d = ImageDraw.Draw(img)
+        else:
+            img = draw_overlay(a, m)
+            d = ImageDraw.Draw(img)
+        label = f"image score {s.score:.2f}"
+        d.rectangle([0, 16, 8 + 7 * len(label), 30], fill=(0, 0, 0))
+        d.text((4, 18), label, fill=(255, 255, 255))
+        pics.append(img)
+    h, w = (like.shape[-3], like.shape[-2]) if like is not None and like.ndim >= 3 else (64, 64)
+    return arrays_to_tensor(pics, h, w)
+
+
+@dataclass
+class GateResult:
+    passed: list[int]
+    failed: list[int]
+    scores: list[ImageScore]
+    threshold: float
+
+    def verdicts(self) -> list[dict]:
+        ok = set(self.passed)
+        out = []
+        for s in self.scores:
+            d = s.to_dict()
+            d["passed"] = s.index in ok
+            if not d["passed"] and d["reason"] is None:
+                d["reason"] = ("near-copy of a reference image" if s.near_copy and s.score >= self.threshold
+                               else f"score {s.score:.3f} below threshold {self.threshold:.3f}")
+            out.append(d)
+        return out
+
+
+def gate(
+    reference: CharacterReference,
+    images: torch.Tensor,
+    threshold: float,
+    fail_near_copies: bool = False,
+    progress: Progress = _noop,
+) -> GateResult:
+    """Which images pass: per-image score >= threshold and a usable face (and, if asked, not a near-copy)."""
+    if not (0.0 <= float(threshold) <= 1.0):
+        raise KohyaExtError(f"threshold must be between 0 and 1, got {threshold}")
+    ms = measure_tensor(images, reference.spec, reference.rules, progress=progress)
+    scores = image_scores(reference.stats, ms)
+    passed, failed = [], []
+    for s in scores:
+        ok = s.status == "ok" and s.reason is None and s.score >= threshold and not (fail_near_copies and s.near_copy)
+        (passed if ok else failed).append(s.index)
+    return GateResult(passed, failed, scores, float(threshold))
