@@ -32,7 +32,8 @@ from kohya_ext.training.options import ConsistencyOptions
 from kohya_ext.training.prompts import (assign_characters, default_prompts, fix_prompts, load_prompt_file,
                                         parse_resolution, write_prompt_file)
 from kohya_ext.training.ranks import RankSync, rank_sync
-from kohya_ext.training.worker import ScoringWorker, choose_device
+from kohya_ext.training.devices import choose_device
+from kohya_ext.training.worker import ScoringWorker
 
 from .base import Callback
 

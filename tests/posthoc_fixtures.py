@@ -5,7 +5,7 @@ sd-scripts' ``sample_image_inference`` names files (``{output_name}_{num}_{i:02d
 a kohya_ss-GUI style ``config_lora-*.toml`` naming the training data, one epoch checkpoint
 whose ``ss_steps`` metadata gives that epoch's step.
 ``make_kohya_ext_run``: a run trained WITH kohya-ext: ``consistency/`` written by the training
-modules themselves (worker.evaluate for each evaluation, the Leaderboard writer, a run record),
+modules themselves (evaluation.evaluate for each evaluation, the Leaderboard writer, a run record),
 plus TensorBoard loss scalars under a sd-scripts style ``logging_dir/{prefix}{timestamp}/``.
 """
 
@@ -79,7 +79,7 @@ def make_kohya_ext_run(root: Path, tiles: list[np.ndarray], cache_dir: Path) -> 
     from kohya_ext.backends import BackendSpec
     from kohya_ext.scorer import Scorer
     from kohya_ext.training.leaderboard import Leaderboard
-    from kohya_ext.training.worker import evaluate
+    from kohya_ext.training.evaluation import evaluate
 
     train = write_reference(root, tiles)
     run = root / "run_ext"

@@ -178,7 +178,7 @@ def test_worker_scores_each_character_against_its_own_reference(tmp_path, tadne_
 
     from kohya_ext.backends import BackendSpec
     from kohya_ext.scorer import Scorer, load_references
-    from kohya_ext.training.worker import build_scorer, evaluate
+    from kohya_ext.training.evaluation import build_scorer, evaluate
 
     for name, tiles in (("1_alice", tadne_tiles[0:4]), ("1_bob", tadne_tiles[4:8])):
         (tmp_path / "train" / name).mkdir(parents=True)
@@ -202,7 +202,7 @@ def test_worker_scores_each_character_against_its_own_reference(tmp_path, tadne_
 
 
 def test_choose_device_falls_back_to_the_cpu_when_gpu_memory_is_short():
-    from kohya_ext.training.worker import choose_device
+    from kohya_ext.training.devices import choose_device
 
     gib = 2**30
     assert choose_device("auto", 2.0, mem_get_info=lambda d: (10 * gib, 24 * gib)) == ("cuda", None)
@@ -247,7 +247,7 @@ def test_models_are_dropped_after_gpu_scoring_but_kept_on_a_cpu_only_worker(tmp_
     from PIL import Image
     import numpy as np
 
-    from kohya_ext.training import worker
+    from kohya_ext.training import devices
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "standin"))
     from fake_scorers import _Report
@@ -272,6 +272,6 @@ def test_models_are_dropped_after_gpu_scoring_but_kept_on_a_cpu_only_worker(tmp_
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(img)
     job = {"paths": [str(img)], "out_dir": str(tmp_path), "device": "cuda"}
     sc = Fake()
-    assert worker.evaluate_on_device(sc, job)["device"] == "cuda" and sc.backend._backend == "loaded models"
-    monkeypatch.setattr(worker, "_cuda_in_use", lambda: True)
-    assert worker.evaluate_on_device(sc, job)["score"] == 0.5 and sc.backend._backend is None
+    assert devices.evaluate_on_device(sc, job)["device"] == "cuda" and sc.backend._backend == "loaded models"
+    monkeypatch.setattr(devices, "cuda_in_use", lambda: True)
+    assert devices.evaluate_on_device(sc, job)["score"] == 0.5 and sc.backend._backend is None
