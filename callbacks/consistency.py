@@ -29,8 +29,8 @@ from kohya_ext.training import trackers
 from kohya_ext.training.early_stop import EarlyStopState, StopConfig, decide
 from kohya_ext.training.leaderboard import Leaderboard
 from kohya_ext.training.options import ConsistencyOptions
-from kohya_ext.training.prompts import (assign_characters, default_prompts, fix_prompts, load_prompt_file,
-                                        parse_resolution, write_prompt_file)
+from kohya_ext.training.prompts import (assign_characters, default_prompts, fix_prompts, inherit_sampler_settings,
+                                        load_prompt_file, parse_resolution, write_prompt_file)
 from kohya_ext.training.ranks import RankSync, rank_sync
 from kohya_ext.training.devices import choose_device
 from kohya_ext.training.worker import ScoringWorker
@@ -113,7 +113,8 @@ class ConsistencyCallback(Callback):
         if self.opts.prompts:
             prompts = load_prompt_file(self.opts.prompts)
         else:
-            prompts = default_prompts(args, self.reference_source(args), self.opts.num_prompts)
+            prompts = inherit_sampler_settings(default_prompts(args, self.reference_source(args), self.opts.num_prompts),
+                                               getattr(args, "sample_prompts", None))
         size = parse_resolution(getattr(args, "resolution", None))
         if self.opts.size:
             size = (self.opts.size, self.opts.size)

@@ -54,3 +54,15 @@ def test_dataset_config_class_tokens_and_no_training_set(tmp_path):
         default_prompts(_args(), str(_images(tmp_path / "img", 2)), 2)
     with pytest.raises(KohyaExtError, match="ref.json"):
         default_prompts(_args(), str(tmp_path / "ref.json"), 2)
+
+
+def test_derived_prompts_render_like_the_users_own_samples(tmp_path):
+    from kohya_ext.training.prompts import inherit_sampler_settings
+
+    user = tmp_path / "prompt.txt"
+    user.write_text("mio, smile --w 512 --h 768 --d 3 --s 20 --l 5.5 --n lowres, bad hands\n")
+    got = inherit_sampler_settings([{"prompt": "mio girl", "character": "mio girl"}], str(user))
+    assert got == [{"prompt": "mio girl", "character": "mio girl", "sample_steps": 20, "scale": 5.5, "negative_prompt": "lowres, bad hands"}]
+    user.write_text("")  # what the kohya_ss GUI writes when its sample box is empty
+    assert inherit_sampler_settings([{"prompt": "x"}], str(user)) == [{"prompt": "x"}]
+    assert inherit_sampler_settings([{"prompt": "x"}], None) == [{"prompt": "x"}]

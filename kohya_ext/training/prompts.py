@@ -109,6 +109,23 @@ def default_prompts(args: Any, reference: str, n: int) -> list[dict[str, Any]]:
     return derive_prompts(resolve_image_groups(source), n, getattr(args, "caption_extension", None), source=str(source))
 
 
+# What a user's own sample prompt fixes about how to render, besides the prompt text and seed.
+_SAMPLER_KEYS = ("sample_steps", "scale", "guidance_scale", "negative_prompt", "sample_sampler", "cfg_trunc_ratio",
+                 "renorm_cfg", "flow_shift")
+
+
+def inherit_sampler_settings(prompts: list[dict[str, Any]], sample_prompts: str | None) -> list[dict[str, Any]]:
+    """Derived prompts render the way the user's own ``--sample_prompts`` do (steps, CFG scale,
+    guidance, negative prompt, sampler of its first prompt), since those settings suit the
+    model; without a usable file, kohya's defaults apply (30 steps, scale 7.5)."""
+    try:
+        first = load_prompt_file(sample_prompts)[0] if sample_prompts and Path(sample_prompts).is_file() else {}
+    except KohyaExtError:  # an empty or foreign file (the GUI always writes one, often empty)
+        first = {}
+    inherited = {k: first[k] for k in _SAMPLER_KEYS if first.get(k) not in (None, "")}
+    return [{**inherited, **p} for p in prompts]
+
+
 def fix_prompts(prompts: list[dict[str, Any]], seed: int, size: tuple[int, int]) -> list[dict[str, Any]]:
     """Give every prompt a seed and a size (kept when given); number them."""
     out = []
