@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logging-dir", default=None, help="TensorBoard folder with the loss curves (default: from the run record or a saved config)")
     p.add_argument("--reference", "-r", default=None, help="training images, when the run has not been ranked yet (see `rank`)")
     _add_backend_args(p)
+
+    p = sub.add_parser("check-config", parents=[common], help="unknown or misspelled keys and bad values of a kohya --config_file TOML")
+    p.add_argument("config", help="the TOML you pass to --config_file (yours, the GUI's, or a kohya-ext preset)")
+    p.add_argument("--script", default=None, help="the sd-scripts script it is for (default: from a preset's name, else train_network.py)")
+    p.add_argument("--sd-scripts", default=None, help="check against this sd-scripts checkout's own parser "
+                   "(default: $KOHYA_SD_SCRIPTS or the current folder when it is one; else the shipped option tables)")
     return parser
 
 
@@ -189,8 +195,36 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_check_config(args) -> int:
+    import os
+
+    from .preset_loader import check_preset, script_for
+
+    try:
+        script = args.script or script_for(args.config)
+    except KohyaExtError:
+        script = "train_network.py"
+    root = args.sd_scripts or os.environ.get("KOHYA_SD_SCRIPTS") or (os.getcwd() if Path(script).is_file() else None)
+    live, note = None, ""
+    if root:
+        from .patches.sd_scripts import live_options
+
+        try:
+            live = live_options(Path(root), script)
+        except KohyaExtError as e:
+            note = f" ({e}; checked against the shipped option tables instead)"
+    result = check_preset(args.config, script, live=live)
+    against = live[0] if live else "the option tables of every supported sd-scripts version"
+    for problem in result.problems:
+        print(f"{result.path}: {problem}")
+    print(f"{result.path}: {len(result.values)} keys checked for {script} against {against}{note}: "
+          + (f"{len(result.problems)} problem(s)" if result.problems else "OK"))
+    return EXIT_ERROR if result.problems else 0
+
+
 COMMANDS = {"reference": cmd_reference, "score": cmd_score, "demo": cmd_demo}
 COMMANDS.update(rank=cmd_rank, compare=cmd_compare, report=cmd_report)
+COMMANDS["check-config"] = cmd_check_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -259,24 +259,28 @@ class PresetCheck:
         return not self.problems
 
 
-def check_preset(name_or_path: str | Path, script: str | None = None) -> PresetCheck:
-    """Check a preset without raising: every problem is collected in ``.problems``."""
+def check_preset(name_or_path: str | Path, script: str | None = None,
+                 live: tuple[str, dict[str, dict[str, Any]]] | None = None) -> PresetCheck:
+    """Check a preset or any kohya ``--config_file`` without raising: every problem is collected
+    in ``.problems``. Against every supported version's shipped option table, or only against
+    ``live`` = (label, options of the installed sd-scripts' parser) when given."""
     from . import sd_options as tables
 
     path = preset_path(name_or_path)
     script = script or script_for(path)
     ext = kohya_ext_options()
     flat, problems = flatten_config_checked(load_toml(path))
-    for version in tables.versions():  # a preset must work on every supported sd-scripts version
-        sd = sd_options(script, version)
-        for key, value in flat.items():
-            info = sd.get(key) or ext.get(key)
-            if info is None:
-                near = difflib.get_close_matches(key, list(sd) + list(ext), n=3)
-                hint = f"did you mean {', '.join(near)}?" if near else "remove it or fix the name"
-                problems.append(f"{key}: not an option of {script} (sd-scripts {sd_options_source(version)}) nor of kohya-ext: {hint}")
-                continue
-            p = value_problem(key, value, info)
+    against = [live] if live else [(f"sd-scripts {sd_options_source(v)}", sd_options(script, v)) for v in tables.versions()]
+    for key, value in flat.items():
+        missing = [label for label, sd in against if key not in sd and key not in ext]
+        if missing:  # unknown to some (or every) supported sd-scripts version
+            sd = against[0][1]
+            near = difflib.get_close_matches(key, list(sd) + list(ext), n=3)
+            hint = f"did you mean {', '.join(near)}?" if near else "remove it or fix the name"
+            problems.append(f"{key}: not an option of {script} ({'; '.join(missing)}) nor of kohya-ext: {hint}")
+            continue
+        for label, sd in against:
+            p = value_problem(key, value, sd.get(key) or ext[key])
             if p and p not in problems:
                 problems.append(p)
     if not problems:

@@ -178,6 +178,25 @@ def check_surface(module: Any) -> Surface:
     return surface
 
 
+def live_options(root: Path, script: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(label, options) of ``script``'s own parser in the checkout at ``root``, with kohya-ext's
+    flags, as ``python -m kohya_ext`` parses them (for ``kohya-ext check-config``)."""
+    from kohya_ext.preset_loader import describe_parser
+    from kohya_ext.training.options import add_arguments
+
+    path = Path(root) / script
+    if not path.is_file():
+        raise KohyaExtError(f"{root} has no {script}")
+    try:
+        module = load_script(path)
+        parser = module.setup_parser()
+    except Exception as e:  # another venv's sd-scripts, missing packages: fall back to the tables
+        raise KohyaExtError(f"cannot import {path} here: {type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
+    add_arguments(parser)
+    spec = detect_version(Path(root))
+    return f"the installed sd-scripts {spec.name if spec else '(unknown version)'} at {root}", describe_parser(parser)
+
+
 def _main_block(module: Any) -> Any:
     """The compiled body of the script's ``if __name__ == "__main__":`` block."""
     src = Path(module.__file__).read_text(encoding="utf-8")

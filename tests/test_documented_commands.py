@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TORCH_SPEC = re.search(r"^TORCH_SPEC \?= (.+)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
 # Subcommands whose every documented form is run below (the README/doc scan must find no other).
-TESTED = {"reference", "score", "demo", "rank", "compare", "report"}
+TESTED = {"reference", "score", "demo", "rank", "compare", "report", "check-config"}
 
 
 def _documented_subcommands() -> set[str]:
@@ -104,6 +104,13 @@ def test_documented_commands_work_after_the_documented_install(user_venv, tmp_pa
     _ok(r)  # needs matplotlib, which sd-scripts' requirements lack: install.sh brings it
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and "tensorboard is not installed" not in html
+
+    # kohya-ext check-config on a shipped preset (no sd-scripts here: the shipped tables)
+    import kohya_ext.preset_loader as pl
+
+    r = _kx(user_venv, "check-config", str(pl.preset_dir() / "sd15_character.toml"), cwd=tmp_path)
+    _ok(r)
+    assert r.stdout.strip().endswith("OK")
 
     # python -m kohya_ext without a script: the usage line, exit 2 (no sd-scripts in this venv)
     r = _sh([str(user_venv / "bin" / "python"), "-m", "kohya_ext", "train_network.py", "--consistency"], cwd=tmp_path,
