@@ -8,7 +8,7 @@ ComfyUI installation; kohya_ext.comfy.nodes wraps it in ComfyUI's node API.
   kohya ``train_data_dir``, dataset config TOML) and are measured through the
   CLI's on-disk measurement cache; built references are also kept in memory,
   keyed by the source's file stats, so a queue run does not rebuild them.
-- Batches are measured once per (tensor, backend): the consistency node and the
+- Batches are measured once per (pixels, backend): the consistency node and the
   gate fed the same IMAGE output share the measurement.
 - The set score is kohya_ext.report.compare on the batch (the same number as
   ``kohya-ext score`` on the same pixels); per-image scores are
@@ -18,10 +18,10 @@ ComfyUI installation; kohya_ext.comfy.nodes wraps it in ComfyUI's node API.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import threading
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,12 +272,17 @@ def _concrete(spec: BackendSpec) -> BackendSpec:
 
 # -- measuring batches ----------------------------------------------------------------------------
 
-_MEASURED: "OrderedDict[tuple, tuple[weakref.ref, int, list[ImageMeasurement]]]" = OrderedDict()
+_MEASURED: "OrderedDict[tuple, list[ImageMeasurement]]" = OrderedDict()
 _MAX_MEASURED = 8
 
 
-def _memo_key(images: torch.Tensor, spec: BackendSpec, rules: ExclusionRules) -> tuple:
-    return (id(images), json.dumps(spec.identity(), sort_keys=True), json.dumps(rules.as_dict(), sort_keys=True))
+def pixels_digest(arrays: Sequence[np.ndarray]) -> str:
+    """Content hash of a batch's 8-bit pixels (and shapes): the key of the measurement memo."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        h.update(repr(a.shape).encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
 
 
 def measure_tensor(
@@ -287,21 +292,23 @@ def measure_tensor(
     arrays: list[np.ndarray] | None = None,
     progress: Progress = _noop,
 ) -> list[ImageMeasurement]:
-    """Measure every image of an IMAGE batch (names ``image_0000``...), once per tensor object and backend.
+    """Measure every image of an IMAGE batch (names ``image_0000``...), once per pixel content and backend.
 
-    The same unmodified tensor object (ComfyUI hands one node output to every node
-    it feeds) is measured once: the consistency node and the gate share the work.
+    The same pixels (ComfyUI hands one node output to every node it feeds) are
+    measured once: the consistency node and the gate share the work. The memo is
+    keyed by a hash of the 8-bit pixels, not the tensor object: ComfyUI runs nodes
+    in inference mode, where tensors carry no version counter to notice edits by.
     Images smaller than the CLI's minimum side count as unreadable, as such files do.
     """
-    key = _memo_key(images, spec, rules)
-    with _LOCK:
-        hit = _MEASURED.get(key)
-        if hit is not None and hit[0]() is images and hit[1] == images._version:
-            _MEASURED.move_to_end(key)
-            progress(1, 1)
-            return hit[2]
     if arrays is None:
         arrays = tensor_to_arrays(images)
+    key = (pixels_digest(arrays), json.dumps(spec.identity(), sort_keys=True), json.dumps(rules.as_dict(), sort_keys=True))
+    with _LOCK:
+        hit = _MEASURED.get(key)
+        if hit is not None:
+            _MEASURED.move_to_end(key)
+            progress(1, 1)
+            return hit
     names = [f"image_{i:04d}" for i in range(len(arrays))]
     out: list[ImageMeasurement | None] = [None] * len(arrays)
     todo = []
@@ -324,12 +331,9 @@ def measure_tensor(
             progress(done, len(arrays))
     result = [m for m in out if m is not None]
     with _LOCK:
-        try:
-            _MEASURED[key] = (weakref.ref(images), images._version, result)
-            while len(_MEASURED) > _MAX_MEASURED:
-                _MEASURED.popitem(last=False)
-        except TypeError:  # not weak-referenceable: no memo
-            pass
+        _MEASURED[key] = result
+        while len(_MEASURED) > _MAX_MEASURED:
+            _MEASURED.popitem(last=False)
     return result
 
 
