@@ -89,7 +89,8 @@ def test_real_train_network_through_kohya_ext(tmp_path, tadne_tiles):
     meta = read_metadata(out / "tiny-best.safetensors")
     assert meta["kohya_ext_consistency_step"] == str(best["kohya_step"]) == meta["ss_steps"]
 
-    # The stand-in, given the same run, must call the same hooks in the same order with the same argument kinds.
+    # The stand-in, given the same run in the same module layout, must call the same hooks in the same
+    # order with the same argument kinds.
     stand = tmp_path / "standin"
     stand.mkdir()
     train = stand / "train" / "1_tadne"
@@ -97,7 +98,10 @@ def test_real_train_network_through_kohya_ext(tmp_path, tadne_tiles):
     for f in Path(tiny["train_data_dir"]).glob("*/*"):
         (train / f.name).symlink_to(f)
     sargs = [a.replace(str(real), str(stand)).replace(tiny["train_data_dir"], str(stand / "train")) for a in _args(tiny, real / "out")]
-    sproc = h.run_trainer(stand, sargs + ours)
+    from kohya_ext.patches.sd_scripts import detect_version
+
+    layout = detect_version(Path(SD)).name.removesuffix(".x")  # the stand-in laid out as the real checkout is
+    sproc = h.run_trainer(stand, sargs + ours, layout=layout)
     assert sproc.returncode == 0, sproc.stderr[-4000:]
     real_trace, stand_trace = h.read_trace(real / "trace.jsonl"), h.read_trace(stand / "trace.jsonl")
     print("\n".join(map(str, _shape(real_trace))))
