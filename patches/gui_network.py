@@ -254,13 +254,13 @@ class GuiSession:
 
     def start(self) -> None:
         from kohya_ext.callbacks import ConsistencyCallback
-        from kohya_ext.patches.sd_scripts import KohyaSurface, _install_instance_hooks, resolve_surface
+        from kohya_ext.patches.sd_scripts import KohyaSurface, install_instance_hooks, resolve_surface
 
         self.surface = KohyaSurface(resolve_surface(type(self.trainer)))
         self.cb = ConsistencyCallback(self.opts, self.surface)
         is_main = self.accelerator.is_main_process if self.accelerator is not None else int(os.environ.get("RANK", "0")) == 0
         self.cb.on_fit_start(self.args, is_main=is_main)
-        _install_instance_hooks(self.trainer, self.cb, self.surface)
+        install_instance_hooks(self.trainer, self.cb, self.surface)
         self._wrap_trainer()
         atexit.register(self.finish, False)
 
@@ -304,9 +304,9 @@ class GuiSession:
         """After an early stop, on every rank at the same epoch end: the tail of ``train()``
         (trackers closed, optional end state, final save), then exit 0 - sd-scripts' loop has
         no other way out, and every family's ``__main__`` ends at ``trainer.train(args)``."""
-        from kohya_ext.patches.sd_scripts import _finish_after_stop
+        from kohya_ext.patches.sd_scripts import finish_after_stop
 
-        _finish_after_stop(self.args, self.surface.fns, self.cb, stop)
+        finish_after_stop(self.args, self.surface.fns, self.cb, stop)
         self.finish(True)
         raise SystemExit(0)
 

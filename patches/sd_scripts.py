@@ -315,7 +315,7 @@ def trace(hook: str, step: Any = None, epoch: Any = None, args: tuple = ()) -> N
 
 # -- installing the hooks -------------------------------------------------------------------
 
-def _install_instance_hooks(trainer: Any, cb: Any, surface: KohyaSurface) -> None:
+def install_instance_hooks(trainer: Any, cb: Any, surface: KohyaSurface) -> None:
     orig_sample = trainer.sample_images  # bound: the family's own override
     orig_cache = trainer.cache_text_encoder_outputs_if_needed
     orig_post = trainer.post_process_network
@@ -387,7 +387,7 @@ def _wrap_network(network: Any, cb: Any) -> None:
     network.on_epoch_start = on_epoch_start
 
 
-def _finish_after_stop(args: Any, fns: Any, cb: Any, stop: Any) -> None:
+def finish_after_stop(args: Any, fns: Any, cb: Any, stop: Any) -> None:
     """The tail of ``train()`` (L1719-1729) after an early stop left it at the epoch end:
     trackers closed, optional end state, and the final ``{output_name}.{ext}`` written from
     the weights of the stop step (no optimizer step ran after the decision)."""
@@ -439,13 +439,13 @@ def install(module: Any) -> None:
         surface = KohyaSurface(checked)
         cb = ConsistencyCallback(opts, surface)
         cb.on_fit_start(args, is_main=int(os.environ.get("RANK", "0")) == 0)
-        _install_instance_hooks(self, cb, surface)
+        install_instance_hooks(self, cb, surface)
         stopped = False
         try:
             orig_train(self, args)
         except EarlyStopped as stop:
             stopped = True
-            _finish_after_stop(args, surface.fns, cb, stop)
+            finish_after_stop(args, surface.fns, cb, stop)
         finally:
             cb.on_fit_end(getattr(cb, "accelerator", None), stopped)
         trace("train_end", cb.current_step, cb.epoch, ())

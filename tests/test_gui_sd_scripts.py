@@ -92,6 +92,9 @@ def test_real_train_network_from_the_gui_command(tmp_path, tadne_tiles):
                   '--network_args consistency_config={options}')
     proc, out, tiny = _gui_run(tmp_path, tadne_tiles, additional)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    # The GUI path finds the running trainer in train()'s frame (self, args, accelerator): if
+    # sd-scripts renames those locals it only delegates, and says so; that must fail here.
+    assert "delegating without evaluation" not in proc.stdout, "find_trainer no longer finds NetworkTrainer.train's locals"
 
     board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
     assert [(r["kohya_step"], r["trigger"], r["checkpoint"]) for r in board] == [
