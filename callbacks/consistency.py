@@ -27,7 +27,7 @@ from kohya_ext.training import decisions
 from kohya_ext.training import resume
 from kohya_ext.training import trackers
 from kohya_ext.training.early_stop import EarlyStopState, StopConfig, decide
-from kohya_ext.training.leaderboard import Leaderboard
+from kohya_ext.training.leaderboard import FOLDER, RUN_RECORD, Leaderboard
 from kohya_ext.training.options import ConsistencyOptions
 from kohya_ext.training.prompts import (assign_characters, default_prompts, fix_prompts, inherit_sampler_settings,
                                         load_prompt_file, parse_resolution, write_prompt_file)
@@ -39,8 +39,6 @@ from .base import Callback
 
 logger = logging.getLogger("kohya_ext")
 
-FOLDER = "consistency"
-RUN_RECORD = "run.json"
 
 
 class EarlyStopped(Exception):

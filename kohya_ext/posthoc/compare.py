@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KohyaExtError
-from ..training.leaderboard import JSON_NAME
-from . import run_info
+from ..training.leaderboard import FOLDER, JSON_NAME
 from .rank import RANK_DIR, RankResult, load_rank, point_label, rank_run
 
 FIELDS = ["run", "source", "evaluations", "best", "best_score", "best_checkpoint", "last", "last_score",
@@ -17,7 +16,7 @@ FIELDS = ["run", "source", "evaluations", "best", "best_score", "best_checkpoint
 
 def _newest_input(run: Path) -> float:
     """mtime of the newest thing a ranking of ``run`` depends on."""
-    paths = [run / run_info.CONSISTENCY_DIR / JSON_NAME, *(run / "sample").glob("*.png")]
+    paths = [run / FOLDER / JSON_NAME, *(run / "sample").glob("*.png")]
     return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
 
 

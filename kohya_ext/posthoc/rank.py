@@ -19,7 +19,9 @@ from ..backends import BackendSpec
 from ..errors import KohyaExtError
 from ..io_utils import atomic_write_text
 from ..ratios import FORMULA_VERSION, RATIO_NAMES
-from ..training.leaderboard import COLUMNS, JSON_NAME, Leaderboard
+from ..training.decisions import is_memorized
+from ..training.leaderboard import COLUMNS, FOLDER, JSON_NAME, Leaderboard
+from ..training.options import ConsistencyOptions
 from . import run_info
 from ..patches.sample_names import SampleGroup, group_samples
 
@@ -29,7 +31,6 @@ RANK_DIR = "kohya-ext-rank"
 #: Fewer images than this per sampling point and close scores are noise (docs/posthoc.md
 #: has the spread of the score over subsets of the shared portraits).
 MIN_STEADY_IMAGES = 4
-MEMORIZATION_MAX = 0.5  # the training integration's default --consistency_memorization_max
 
 
 @dataclass
@@ -59,7 +60,7 @@ def rank_key(row: dict[str, Any]) -> tuple:
 
 
 def _leaderboard_path(output_dir: Path) -> Path:
-    return output_dir / run_info.CONSISTENCY_DIR / JSON_NAME
+    return output_dir / FOLDER / JSON_NAME
 
 
 def _images_in(folder: Path) -> int:
@@ -88,7 +89,7 @@ def rank_run(
     if not output_dir.is_dir():
         raise KohyaExtError(f"{output_dir}: no such output folder")
     out = Path(out_dir) if out_dir else output_dir / RANK_DIR
-    if out.resolve() == (output_dir / run_info.CONSISTENCY_DIR).resolve():
+    if out.resolve() == (output_dir / FOLDER).resolve():
         raise KohyaExtError(f"{out}: that is the training leaderboard's folder; rank never overwrites it: pick another --out")
     lb_path = _leaderboard_path(output_dir)
     if lb_path.exists() and not rescore:
@@ -200,7 +201,7 @@ def _score_group(i, g: SampleGroup, ms, scorer, output_dir: Path, output_name, o
     row.update(
         eval=i, status="ok", cum_step=step, kohya_step=step, epoch=g.number if g.kind == "epoch" else None,
         trigger=f"sample_{g.kind}", checkpoint=ckpt, score=float(report.score), detection_rate=float(report.detection_rate),
-        memorization=mem, memorized=mem is not None and mem > MEMORIZATION_MAX, is_best=False,
+        memorization=mem, memorized=is_memorized(mem, ConsistencyOptions().memorization_max), is_best=False,
         backend=(report.backend or {}).get("name") or scorer.backend.name, score_version=report.score_version,
         formula_version=FORMULA_VERSION, images_dir=folder.name, time=g.first_time.timestamp() if g.first_time else None,
         images=len(g.samples), label=g.label if g.kind == "step" or step is None else f"{g.label} (step {step})",

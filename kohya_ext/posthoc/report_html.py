@@ -25,7 +25,7 @@ from .. import __version__
 from ..errors import KohyaExtError, require
 from ..io_utils import atomic_write_text
 from ..ratios import RATIO_NAMES
-from ..training.leaderboard import Leaderboard
+from ..training.leaderboard import FOLDER, Leaderboard
 from . import run_info
 from .compare import ranked
 from .rank import point_label
@@ -74,7 +74,7 @@ def collect(run_dir: str | Path, logging_dir: str | Path | None = None, referenc
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise KohyaExtError(f"{run_dir}: no such run folder")
-    consistency = run_dir / run_info.CONSISTENCY_DIR
+    consistency = run_dir / FOLDER
     if (consistency / "leaderboard.json").exists():
         try:
             board = Leaderboard.load(consistency)

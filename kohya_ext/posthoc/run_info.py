@@ -20,9 +20,8 @@ from pathlib import Path
 from ..errors import KohyaExtError
 
 from ..toml_compat import flatten_config as _flatten, tomllib
+from ..training.leaderboard import FOLDER, RUN_RECORD
 
-CONSISTENCY_DIR = "consistency"  # where the training integration keeps its leaderboard
-RUN_RECORD = "run.json"
 _TS_DIR = re.compile(r"(\d{14})$")
 
 
@@ -131,7 +130,7 @@ def checkpoint_info(output_dir: str | Path, output_name: str | None, kind: str, 
 
 
 def load_run_record(output_dir: str | Path) -> dict:
-    p = Path(output_dir) / CONSISTENCY_DIR / RUN_RECORD
+    p = Path(output_dir) / FOLDER / RUN_RECORD
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):

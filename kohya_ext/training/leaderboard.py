@@ -15,6 +15,8 @@ from typing import Any
 from ..io_utils import atomic_write_text
 from ..ratios import RATIO_NAMES
 
+FOLDER = "consistency"  # output_dir/consistency/: everything a run with kohya-ext writes
+RUN_RECORD = "run.json"
 FORMAT = "kohya-ext-leaderboard"
 VERSION = 1
 CSV_NAME = "leaderboard.csv"
