@@ -269,8 +269,8 @@ def test_set_score_equals_the_clis(reference, mixed, mixed_tensor, tmp_path, cac
     assert res.score == cli.score
     assert res.report.score_version == cli.score_version
     assert res.text.splitlines()[1:] == cli.format_text().splitlines()[1:] or res.text == cli.format_text()
-    assert res.overlays.shape == mixed_tensor.shape and res.overlays.dtype == torch.float32
-    assert 0.0 <= float(res.overlays.min()) and float(res.overlays.max()) <= 1.0
+    assert len(res.overlays) == 1 and res.overlays[0].shape == mixed_tensor.shape and res.overlays[0].dtype == torch.float32
+    assert 0.0 <= float(res.overlays[0].min()) and float(res.overlays[0].max()) <= 1.0
 
 
 def test_per_image_scores_contract(reference, mixed, mixed_tensor):
@@ -327,17 +327,33 @@ def test_batch_is_measured_once_for_both_nodes(reference, mixed_tensor, tadne_ti
     assert calls == [2, 2]
 
 
+def test_a_list_of_batches_is_one_set(reference, mixed, mixed_tensor, tadne_tiles):
+    """What list-producing nodes (Load Image Dataset from Folder) send: batches of any sizes, scored as one set."""
+    small = core.arrays_to_tensor([np.asarray(_pil(a).resize((384, 384))) for a in mixed[0][2:]])
+    items = [mixed_tensor[:2], small]
+    whole = core.consistency(reference, items)
+    assert len(whole.scores) == len(mixed[0]) and [o.shape[0] for o in whole.overlays] == [2, 3]
+    assert [s.index for s in whole.scores] == list(range(len(mixed[0])))
+    g = core.gate(reference, items, 0.0)
+    assert g.failed == [4]
+    sides = core.split_batches(items, g.failed)
+    assert len(sides) == 1 and sides[0].shape == (1, 384, 384, 3)
+    assert [t.shape[0] for t in core.split_batches(items, [0, 3])] == [1, 1]
+    with pytest.raises(KohyaExtError, match="IMAGE tensor"):
+        core.consistency(reference, [mixed_tensor, "not an image"])
+
+
 def test_batch_sizes_and_odd_inputs(reference, tadne_tiles):
     # B = 0: a score of 0 and a report, empty outputs, no error
     empty = core.consistency(reference, torch.zeros((0, 64, 64, 3)))
-    assert empty.score == 0.0 and "0 images" in empty.text and empty.overlays.shape == (0, 64, 64, 3)
+    assert empty.score == 0.0 and "0 images" in empty.text and empty.overlays[0].shape == (0, 64, 64, 3)
     g = core.gate(reference, torch.zeros((0, 64, 64, 3)), 0.5)
     assert g.passed == [] and g.failed == []
     # B = 1, odd size, RGBA-like input (alpha 1 where the picture is)
     a = np.asarray(_pil(tadne_tiles[CHARACTER]).resize((333, 517)))
     rgba = torch.cat([core.arrays_to_tensor([a]), torch.ones((1, 517, 333, 1))], dim=-1)
     one = core.consistency(reference, rgba)
-    assert one.overlays.shape == (1, 517, 333, 3) and len(one.scores) == 1
+    assert one.overlays[0].shape == (1, 517, 333, 3) and len(one.scores) == 1
     assert one.scores[0].status == "ok"
     # tiny images count as unreadable, as tiny files do in the CLI
     tiny = core.consistency(reference, torch.rand((2, 16, 24, 3)))
@@ -383,16 +399,18 @@ def test_nodes_execute_on_tensors(nodes, ref_dir, mixed, mixed_tensor, reference
     ref, summary = out.args
     assert isinstance(ref, core.CharacterReference) and "4 usable faces" in summary
     assert out.ui.as_dict() == {"text": (summary,)}
-    score, report, per_image, overlays = nodes.CharacterConsistency.execute(mixed_tensor, ref, "ko").args
+    # is_input_list nodes: ComfyUI sends every input as a list
+    score, report, per_image, overlays = nodes.CharacterConsistency.execute([mixed_tensor], [ref], ["ko"]).args
     assert isinstance(score, float) and score == core.consistency(reference, mixed_tensor).score
     assert "일관성 점수" in report and len(json.loads(per_image)) == len(mixed[0])
-    assert overlays.shape == mixed_tensor.shape
+    assert len(overlays) == 1 and overlays[0].shape == mixed_tensor.shape
     kinds = mixed[1]
-    g = nodes.ConsistencyGate.execute(mixed_tensor, ref, 0.0)
+    g = nodes.ConsistencyGate.execute([mixed_tensor], [ref], [0.0])
     passed, failed, pi, fi, verdicts, npass, nfail = g.args
-    assert passed.shape[0] == npass == len(kinds) - 1 and failed.shape[0] == nfail == 1
+    assert len(passed) == len(failed) == 1
+    assert passed[0].shape[0] == npass == len(kinds) - 1 and failed[0].shape[0] == nfail == 1
     assert fi == str(kinds.index("no_face")) and pi == ",".join(str(i) for i, k in enumerate(kinds) if k != "no_face")
-    assert torch.equal(failed[0], mixed_tensor[kinds.index("no_face")])
+    assert torch.equal(failed[0][0], mixed_tensor[kinds.index("no_face")])
     assert json.loads(verdicts)[-1]["passed"] is False
     assert g.ui["kohya_ext"][0]["failed"] == [kinds.index("no_face")]
 
@@ -400,22 +418,23 @@ def test_nodes_execute_on_tensors(nodes, ref_dir, mixed, mixed_tensor, reference
 def test_gate_node_empty_side(nodes, reference, mixed_tensor):
     from comfy_execution.graph_utils import ExecutionBlocker
 
-    g = nodes.ConsistencyGate.execute(mixed_tensor, reference, 1.0)  # nothing passes
+    g = nodes.ConsistencyGate.execute([mixed_tensor], [reference], [1.0])  # nothing passes
     passed, failed = g.args[:2]
     assert isinstance(passed, ExecutionBlocker) and passed.message is None  # downstream skipped silently
-    assert failed.shape[0] == mixed_tensor.shape[0]
-    passed, failed = nodes.ConsistencyGate.execute(mixed_tensor, reference, 1.0, empty_side="empty batch").args[:2]
-    assert passed.shape == (0, *mixed_tensor.shape[1:])
+    assert failed[0].shape[0] == mixed_tensor.shape[0]
+    passed, failed = nodes.ConsistencyGate.execute([mixed_tensor], [reference], [1.0], empty_side=["empty batch"]).args[:2]
+    assert len(passed) == 1 and passed[0].shape == (0, *mixed_tensor.shape[1:])
     empty = torch.zeros((0, 64, 64, 3))
-    g = nodes.ConsistencyGate.execute(empty, reference, 0.5)
+    g = nodes.ConsistencyGate.execute([empty], [reference], [0.5])
     assert all(isinstance(x, ExecutionBlocker) for x in g.args[:2]) and g.args[5:] == (0, 0)
 
 
 def test_reference_from_images_node(nodes, tadne_tiles):
     t = core.arrays_to_tensor([variant(tadne_tiles[CHARACTER], k) for k in ("orig", "mirror")])
-    ref, summary = nodes.CharacterReferenceFromImages.execute(t, "alice", "nvxs", "auto").args
-    assert ref.stats.name == "alice" and "2 usable faces" in summary
-    assert nodes.CharacterReferenceFromImages.validate_inputs("cuda:1") is True
+    ref, summary = nodes.CharacterReferenceFromImages.execute([t[:1], t[1:]], ["alice"], ["nvxs"], ["auto"]).args
+    assert ref.stats.name == "alice" and "2 usable faces" in summary  # a list of batches: one reference
+    assert nodes.CharacterReferenceFromImages.validate_inputs(["cuda:1"]) is True
+    assert "unknown device" in nodes.CharacterReferenceFromImages.validate_inputs(["gpu"])
 
 
 def test_per_image_score_of_an_unusable_face(reference):

@@ -244,14 +244,14 @@ def reference_from_path(
 
 
 def reference_from_images(
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     spec: BackendSpec,
     name: str = "reference",
     rules: ExclusionRules = ExclusionRules(),
     progress: Progress = _noop,
 ) -> CharacterReference:
-    """A reference measured from an IMAGE batch (e.g. a few approved generations, or loaded training images)."""
-    arrays = tensor_to_arrays(images)
+    """A reference measured from an IMAGE batch or list of batches (e.g. approved generations, or loaded training images)."""
+    arrays = batch_arrays(as_batches(images))
     if not arrays:
         raise KohyaExtError("the reference image batch is empty: connect images that show the character's face")
     spec = _concrete(spec)
@@ -262,7 +262,7 @@ def reference_from_images(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     stats.check_usable()
-    return CharacterReference(stats, spec, rules, f"an IMAGE batch of {len(arrays)}")
+    return CharacterReference(stats, spec, rules, f"{len(arrays)} images from the workflow")
 
 
 def _concrete(spec: BackendSpec) -> BackendSpec:
@@ -286,13 +286,13 @@ def pixels_digest(arrays: Sequence[np.ndarray]) -> str:
 
 
 def measure_tensor(
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     spec: BackendSpec,
     rules: ExclusionRules = ExclusionRules(),
     arrays: list[np.ndarray] | None = None,
     progress: Progress = _noop,
 ) -> list[ImageMeasurement]:
-    """Measure every image of an IMAGE batch (names ``image_0000``...), once per pixel content and backend.
+    """Measure every image of an IMAGE batch or list of batches (names ``image_0000``...), once per pixel content and backend.
 
     The same pixels (ComfyUI hands one node output to every node it feeds) are
     measured once: the consistency node and the gate share the work. The memo is
@@ -301,7 +301,7 @@ def measure_tensor(
     Images smaller than the CLI's minimum side count as unreadable, as such files do.
     """
     if arrays is None:
-        arrays = tensor_to_arrays(images)
+        arrays = batch_arrays(as_batches(images))
     key = (pixels_digest(arrays), json.dumps(spec.identity(), sort_keys=True), json.dumps(rules.as_dict(), sort_keys=True))
     with _LOCK:
         hit = _MEASURED.get(key)
@@ -338,13 +338,44 @@ def measure_tensor(
 
 
 # -- the nodes' work ------------------------------------------------------------------------------
+#
+# ComfyUI passes an IMAGE either as one batch or, after list-producing nodes (e.g. "Load Image
+# Dataset from Folder"), as a list of batches. The set score is over ALL images either way, so the
+# nodes take the list (is_input_list) and these functions accept a tensor or a list of tensors;
+# indices count over the concatenation, in order.
+
+def as_batches(images: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """One IMAGE or a list of them -> a list of [B, H, W, C] tensors (sizes may differ between items)."""
+    items = [images] if isinstance(images, torch.Tensor) else list(images) if isinstance(images, (list, tuple)) else [images]
+    for t in items:
+        if not isinstance(t, torch.Tensor):
+            raise KohyaExtError(f"expected an IMAGE tensor [B, H, W, C], got {type(t).__name__}")
+    return [t.unsqueeze(0) if t.ndim == 3 else t for t in items]
+
+
+def batch_arrays(batches: list[torch.Tensor]) -> list[np.ndarray]:
+    return [a for t in batches for a in tensor_to_arrays(t)]
+
+
+def split_batches(batches: list[torch.Tensor], indices: Sequence[int]) -> list[torch.Tensor]:
+    """The images at global ``indices``, as one tensor per input item that has any (input order kept)."""
+    want = set(indices)
+    out, offset = [], 0
+    for t in batches:
+        local = [j for j in range(t.shape[0]) if offset + j in want]
+        if local:
+            out.append(t[local])
+        offset += t.shape[0]
+    return out
+
 
 @dataclass
 class ConsistencyResult:
     report: ConsistencyReport
     scores: list[ImageScore]
     text: str
-    overlays: torch.Tensor | None
+    #: one overlay batch per input item (None when not drawn)
+    overlays: list[torch.Tensor] | None
 
     @property
     def score(self) -> float:
@@ -356,34 +387,37 @@ class ConsistencyResult:
 
 def consistency(
     reference: CharacterReference,
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     lang: str = "en",
     overlays: bool = True,
     progress: Progress = _noop,
 ) -> ConsistencyResult:
-    """Set score, report, per-image scores and (optionally) overlays of a batch against a reference."""
-    arrays = tensor_to_arrays(images)
-    ms = measure_tensor(images, reference.spec, reference.rules, arrays=arrays, progress=progress)
+    """Set score, report, per-image scores and (optionally) overlays of all images against a reference."""
+    batches = as_batches(images)
+    arrays = batch_arrays(batches)
+    ms = measure_tensor(batches, reference.spec, reference.rules, arrays=arrays, progress=progress)
     report = compare(reference.stats, ms, reference.spec.identity())
     scores = image_scores(reference.stats, ms)
     text = report.format_text(lang)
-    ov = draw_overlays(arrays, ms, scores, images) if overlays else None
+    ov = None
+    if overlays:
+        ov, k = [], 0
+        for t in batches:
+            n = t.shape[0]
+            ov.append(draw_overlays(arrays[k : k + n], ms[k : k + n], scores[k : k + n], t))
+            k += n
     return ConsistencyResult(report, scores, text, ov)
 
 
 def draw_overlays(arrays: list[np.ndarray], measurements: list[ImageMeasurement], scores: list[ImageScore],
                   like: torch.Tensor | None = None) -> torch.Tensor:
-    """The batch with face boxes, landmarks, status and per-image score drawn (kohya_ext.overlay)."""
+    """Images with face boxes, landmarks, status and per-image score drawn (kohya_ext.overlay), as one IMAGE."""
     from ..overlay import draw_overlay
 
     pics = []
     for a, m, s in zip(arrays, measurements, scores):
-        if m.status == "unreadable":
-            img = Image.fromarray(a)
-            d = ImageDraw.Draw(img)
-        else:
-            img = draw_overlay(a, m)
-            d = ImageDraw.Draw(img)
+        img = Image.fromarray(a) if m.status == "unreadable" else draw_overlay(a, m)
+        d = ImageDraw.Draw(img)
         label = f"image score {s.score:.2f}"
         d.rectangle([0, 16, 8 + 7 * len(label), 30], fill=(0, 0, 0))
         d.text((4, 18), label, fill=(255, 255, 255))
@@ -414,15 +448,16 @@ class GateResult:
 
 def gate(
     reference: CharacterReference,
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     threshold: float,
     fail_near_copies: bool = False,
     progress: Progress = _noop,
 ) -> GateResult:
-    """Which images pass: per-image score >= threshold and a usable face (and, if asked, not a near-copy)."""
+    """Which images pass: a usable face and per-image score >= threshold (and, if asked, not a near-copy)."""
     if not (0.0 <= float(threshold) <= 1.0):
         raise KohyaExtError(f"threshold must be between 0 and 1, got {threshold}")
-    ms = measure_tensor(images, reference.spec, reference.rules, progress=progress)
+    batches = as_batches(images)
+    ms = measure_tensor(batches, reference.spec, reference.rules, progress=progress)
     scores = image_scores(reference.stats, ms)
     passed, failed = [], []
     for s in scores:

@@ -89,6 +89,15 @@ def _spec(backend, device, face_detector=None, landmark_weights="", detector_wei
     return core.backend_spec(backend, device or "auto", fd, landmark_weights or None, detector_weights or None)
 
 
+def _one(values, name: str):
+    """The single value of a widget input of an is_input_list node (ComfyUI sends every input as a list)."""
+    if isinstance(values, (list, tuple)):
+        if not values:
+            raise KohyaExtError(f"no {name} given")
+        return values[0]
+    return values
+
+
 def _check_device(device: str) -> bool | str:
     d = (device or "auto").strip()
     if d in ("auto", "cpu", "cuda", "mps") or (d.startswith("cuda:") and d[5:].isdigit()):
@@ -151,7 +160,9 @@ class CharacterReferenceFromImages(io.ComfyNode):
             node_id="KohyaExtCharacterReferenceFromImages",
             display_name="Character reference from images (kohya-ext)",
             category=CATEGORY,
-            description="The character's reference proportions measured from an IMAGE batch (e.g. approved generations).",
+            description="The character's reference proportions measured from an IMAGE batch, or a list of batches "
+                        "(e.g. approved generations, or training images from Load Image Dataset from Folder).",
+            is_input_list=True,
             inputs=[
                 io.Image.Input("images"),
                 io.String.Input("name", default="reference", tooltip="reference name shown in reports"),
@@ -161,13 +172,16 @@ class CharacterReferenceFromImages(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, device="auto") -> bool | str:
-        return _check_device(device) if device is not None else True
+    def validate_inputs(cls, device=("auto",)) -> bool | str:
+        return _check_device(_one(device, "device")) if device is not None else True
 
     @classmethod
-    def execute(cls, images, name, backend, device, face_detector="yolov3", landmark_weights="", detector_weights="") -> io.NodeOutput:
-        ref = core.reference_from_images(images, _spec(backend, device, face_detector, landmark_weights, detector_weights),
-                                         name=name, progress=_progress())
+    def execute(cls, images, name, backend, device, face_detector=("yolov3",), landmark_weights=("",), detector_weights=("",)) -> io.NodeOutput:
+        # is_input_list: every input arrives as a list (the images as one or more batches)
+        o = {k: _one(v, k) for k, v in dict(name=name, backend=backend, device=device, face_detector=face_detector,
+                                             landmark_weights=landmark_weights, detector_weights=detector_weights).items()}
+        ref = core.reference_from_images(images, _spec(o["backend"], o["device"], o["face_detector"], o["landmark_weights"],
+                                                       o["detector_weights"]), name=o["name"], progress=_progress())
         text = ref.describe()
         return io.NodeOutput(ref, text, ui=ui.PreviewText(text))
 
@@ -181,7 +195,8 @@ class CharacterConsistency(io.ComfyNode):
             category=CATEGORY,
             description="How well a batch keeps the character's facial proportions and colours: the set score "
                         "(0-1, higher is better, the number `kohya-ext score` gives), the per-ratio report, "
-                        "per-image scores and the faces and landmarks drawn.",
+                        "per-image scores and the faces and landmarks drawn. A list of batches is scored as one set.",
+            is_input_list=True,
             inputs=[
                 io.Image.Input("images"),
                 Reference.Input("reference"),
@@ -193,14 +208,17 @@ class CharacterConsistency(io.ComfyNode):
                 io.Float.Output(display_name="score"),
                 io.String.Output(display_name="report"),
                 io.String.Output(display_name="per_image", tooltip="JSON list: per image score, version, status, reason, z per ratio"),
-                io.Image.Output(display_name="overlays"),
+                io.Image.Output(display_name="overlays", is_output_list=True,
+                                tooltip="one overlay batch per input batch (a plain batch in, a plain batch out)"),
             ],
         )
 
     @classmethod
-    def execute(cls, images, reference, language, draw_overlays=True) -> io.NodeOutput:
-        res = core.consistency(reference, images, lang=language, overlays=draw_overlays, progress=_progress())
-        overlays = res.overlays if res.overlays is not None else images
+    def execute(cls, images, reference, language, draw_overlays=(True,)) -> io.NodeOutput:
+        # is_input_list: every input arrives as a list (the images as one or more batches)
+        reference, language, draw = _one(reference, "reference"), _one(language, "language"), bool(_one(draw_overlays, "draw_overlays"))
+        res = core.consistency(reference, images, lang=language, overlays=draw, progress=_progress())
+        overlays = res.overlays if res.overlays is not None else core.as_batches(images)
         summary = {"score": res.score, "score_version": res.report.score_version,
                    "image_scores": [s.score for s in res.scores], "statuses": [s.status for s in res.scores]}
         return io.NodeOutput(res.score, res.text, res.per_image_json(), overlays,
@@ -216,7 +234,9 @@ class ConsistencyGate(io.ComfyNode):
             category=CATEGORY,
             description="Splits a batch by per-image consistency score: images at or above the threshold pass, "
                         "the others (and images without a usable face) fail. An empty side blocks the nodes it "
-                        "feeds (they are skipped, the workflow goes on), or is an empty batch if chosen.",
+                        "feeds (they are skipped, the workflow goes on), or is an empty batch if chosen. "
+                        "A list of batches is gated as one set (indices count over all of them, in order).",
+            is_input_list=True,
             inputs=[
                 io.Image.Input("images"),
                 Reference.Input("reference"),
@@ -228,8 +248,10 @@ class ConsistencyGate(io.ComfyNode):
                                  tooltip="also fail images that are near-copies of a reference image"),
             ],
             outputs=[
-                io.Image.Output(display_name="passed"),
-                io.Image.Output(display_name="failed"),
+                io.Image.Output(display_name="passed", is_output_list=True,
+                                tooltip="the passing images: one batch per input batch that has any"),
+                io.Image.Output(display_name="failed", is_output_list=True,
+                                tooltip="the failing images: one batch per input batch that has any"),
                 io.String.Output(display_name="passed_indices", tooltip="comma-separated batch indices"),
                 io.String.Output(display_name="failed_indices", tooltip="comma-separated batch indices"),
                 io.String.Output(display_name="verdicts", tooltip="JSON list: per image passed, score, reason"),
@@ -239,14 +261,23 @@ class ConsistencyGate(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, reference, threshold, empty_side="block", fail_near_copies=False) -> io.NodeOutput:
+    def execute(cls, images, reference, threshold, empty_side=("block",), fail_near_copies=(False,)) -> io.NodeOutput:
         import json
 
-        res = core.gate(reference, images, threshold, fail_near_copies=fail_near_copies, progress=_progress())
-        block = empty_side != "empty batch"
+        # is_input_list: every input arrives as a list (the images as one or more batches)
+        reference, threshold = _one(reference, "reference"), float(_one(threshold, "threshold"))
+        block = _one(empty_side, "empty_side") != "empty batch"
+        batches = core.as_batches(images)
+        res = core.gate(reference, batches, threshold, fail_near_copies=bool(_one(fail_near_copies, "fail_near_copies")),
+                        progress=_progress())
 
         def side(idx):
-            return ExecutionBlocker(None) if (block and not idx) else core.select(images, idx)
+            if not idx:
+                if block:
+                    return ExecutionBlocker(None)  # the nodes this side feeds are skipped, silently
+                like = batches[0] if batches else None
+                return [like[:0] if like is not None else core.arrays_to_tensor([])]
+            return core.split_batches(batches, idx)
 
         verdicts = res.verdicts()
         summary = {"passed": res.passed, "failed": res.failed, "threshold": res.threshold,
