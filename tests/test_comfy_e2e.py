@@ -13,8 +13,10 @@ What runs, as a user's machine would:
    of both sides) and /history polled. Checked: the set score is ``kohya-ext score``'s on the
    same files, the gate splits the character's images from other characters' as the per-image
    scores say, the Korean report, the faceless image's reason, an empty side skips its
-   SaveImage, and bad references are node errors while the server keeps serving. The server
-   is stopped by its PID.
+   SaveImage, and bad references are node errors while the server keeps serving. The shipped
+   examples/ workflows run (a folder loaded as a list is one set) or validate (the generation
+   one, up to its model files), and ComfyUI's own parser reads pyproject.toml. The server is
+   stopped by its PID.
 
 Skips, saying why, without ../shared/vendor (the ComfyUI tarball) or ../shared/data (the
 portraits). Building the venv needs the package index once; a failed build fails under CI=true
@@ -194,11 +196,14 @@ def data(comfy_src, tadne_tiles, tmp_path_factory) -> dict:
     samples += [tadne_tiles[i] for i in OTHERS] + [np.full((512, 512, 3), 200, np.uint8)]
     kinds = ["same", "same", "other", "other", "no_face"]
     names = []
+    folder = comfy_src / "input" / "kx_folder"  # before the server starts: Load Image Dataset lists input subfolders
+    folder.mkdir()
     for i, a in enumerate(samples):
         names.append(f"kx_sample_{i}.png")
         Image.fromarray(a).save(comfy_src / "input" / names[-1])
+        Image.fromarray(a).save(folder / names[-1])
     return {"root": root, "ref": ref.parent, "blank_ref": blank, "names": names, "kinds": kinds,
-            "cache": root / "cache"}
+            "cache": root / "cache", "folder": folder}
 
 
 def _free_port() -> int:
@@ -296,6 +301,15 @@ def _saved(history: dict, node: str) -> list[dict]:
     return history["outputs"].get(node, {}).get("images", [])
 
 
+def example(name: str, **inputs) -> dict:
+    """A shipped example workflow (examples/), with node inputs replaced: inputs={"<node id>.<input>": value}."""
+    p = json.loads((REPO / "examples" / name).read_text())
+    for k, v in inputs.items():
+        node, key = k.split(".", 1)
+        p[node]["inputs"][key] = v
+    return p
+
+
 # -- tests ------------------------------------------------------------------------------------------
 
 def test_install_keeps_comfyui_pins(installed):
@@ -311,8 +325,10 @@ def test_install_keeps_comfyui_pins(installed):
 
 
 def test_workflow_end_to_end(server, installed, data, comfy_src):
+    from kohya_ext.image_score import DEFAULT_THRESHOLD
+
     kinds = data["kinds"]
-    threshold = 0.5
+    threshold = DEFAULT_THRESHOLD
     status, body = _queue(server, workflow(data, str(data["ref"]), threshold))
     assert status == 200, body
     h = _wait(server, body["prompt_id"])
@@ -376,3 +392,47 @@ def test_bad_references_are_node_errors(server, data):
     # and the server keeps serving
     assert server["proc"].poll() is None
     assert "system" in _get(f"{server['url']}/system_stats")
+
+
+def test_comfyui_reads_the_registry_metadata(installed, comfy_src):
+    """ComfyUI's own pyproject parser (comfy_config, shared with comfy-cli) reads the pack's [project] / [tool.comfy]."""
+    code = ("import json; from comfy_config import config_parser as c; x = c.extract_node_configuration({!r}); "
+            "print(json.dumps([x.project.name, x.project.version, x.tool_comfy.display_name, x.project.supported_comfyui_version]))")
+    out = subprocess.run([str(installed["python"]), "-c", code.format(str(installed["pack"]))], cwd=comfy_src,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from kohya_ext import __version__
+
+    name, version, display, comfy = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (name, version, comfy) == ("kohya-ext", __version__, ">=0.8.0") and "kohya-ext" in display
+
+
+def test_generation_example_validates(server, data):
+    """The shipped generation workflow: the only node errors are the model files this server does not have."""
+    status, body = _queue(server, example("comfyui_generate_and_gate.json", **{"10.path": str(data["ref"])}))
+    assert status == 400, body
+    errs = body["node_errors"]
+    assert set(errs) <= {"1", "2"} and errs, errs
+    for node in errs.values():
+        assert all(e["type"] == "value_not_in_list" for e in node["errors"]), node
+
+
+def test_folder_example_scores_a_list_as_one_set(server, data, installed, comfy_src):
+    """examples/comfyui_check_folder.json: Load Image Dataset from Folder gives a LIST of images; scored as one set."""
+    p = example("comfyui_check_folder.json", **{"1.folder": data["folder"].name, "2.path": str(data["ref"]),
+                                                "5.filename_prefix": "kx_folder/passed", "6.filename_prefix": "kx_folder/rejected",
+                                                "9.filename_prefix": "kx_folder/overlay"})
+    status, body = _queue(server, p)
+    assert status == 200, body
+    h = _wait(server, body["prompt_id"])
+    assert h["status"]["status_str"] == "success", json.dumps(h["status"])[:3000]
+    summary = h["outputs"]["3"]["kohya_ext"][0]
+    assert len(summary["image_scores"]) == len(data["names"])  # one call over all images, not one per image
+    batch = _queue(server, workflow(data, str(data["ref"]), 0.5, lang="en", prefix="kx_cmp"))[1]
+    ref_summary = _wait(server, batch["prompt_id"])["outputs"]["cons"]["kohya_ext"][0]
+    assert sorted(summary["image_scores"]) == sorted(ref_summary["image_scores"])
+    assert abs(summary["score"] - ref_summary["score"]) < 1e-12  # the same set (in listing order)
+    gate = h["outputs"]["4"]["kohya_ext"][0]
+    assert len(gate["passed"]) == data["kinds"].count("same")
+    assert len(_saved(h, "5")) == len(gate["passed"]) and len(_saved(h, "6")) == len(gate["failed"])
+    assert "consistency score" in h["outputs"]["7"]["text"][0]
