@@ -62,7 +62,9 @@ def tensor_to_arrays(images: torch.Tensor) -> list[np.ndarray]:
     Alpha is composited on white, as the CLI does for image files with
     transparency. Floats are rounded to the nearest of 256 levels, so an image
     that ComfyUI's LoadImage made from an 8-bit file (value / 255) comes back
-    bit-exact: the score is the CLI's on that file.
+    bit-exact: the score is the CLI's on that file. Converted one image at a
+    time in numpy (cache-sized work; torch's threaded ops cost more than the
+    work on small batches); the input is never written to.
     """
     if not isinstance(images, torch.Tensor):
         raise KohyaExtError(f"expected an IMAGE tensor [B, H, W, C], got {type(images).__name__}")
@@ -74,29 +76,47 @@ def tensor_to_arrays(images: torch.Tensor) -> list[np.ndarray]:
     if t.shape[0] == 0:
         return []
     t = t.cpu()
-    if t.dtype == torch.uint8:
-        t = t.to(torch.float32) / 255.0
-    else:
-        t = torch.nan_to_num(t.to(torch.float32), nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
     c = t.shape[-1]
-    if c in (2, 4):
-        alpha = t[..., -1:]
-        t = t[..., :-1] * alpha + (1.0 - alpha)
-    if t.shape[-1] == 1:
-        t = t.expand(*t.shape[:-1], 3)
-    u8 = t.mul(255.0).round_().to(torch.uint8).numpy()
-    return [np.ascontiguousarray(u8[i]) for i in range(u8.shape[0])]
+    if t.dtype == torch.uint8:
+        if c == 3:
+            return [np.ascontiguousarray(a) for a in t.numpy()]
+        t = t.to(torch.float32) / 255.0
+    elif t.dtype != torch.float32:
+        t = t.to(torch.float32)  # half / bfloat16 / float64 IMAGEs
+    batch = t.numpy()
+    out = []
+    for x in batch:  # a view: never modified
+        if c in (2, 4):
+            x = np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+            alpha = x[..., -1:]
+            y = x[..., :-1] * alpha + (1.0 - alpha)
+            y *= 255.0
+        else:
+            y = x * np.float32(255.0)
+            np.nan_to_num(y, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        y += 0.5
+        np.clip(y, 0.0, 255.0, out=y)
+        u8 = y.astype(np.uint8)
+        out.append(np.ascontiguousarray(np.repeat(u8, 3, axis=-1) if u8.shape[-1] == 1 else u8))
+    return out
 
 
 def arrays_to_tensor(images: Sequence[np.ndarray | Image.Image], height: int = 64, width: int = 64) -> torch.Tensor:
-    """RGB uint8 arrays or PIL images of one size -> ComfyUI IMAGE [B, H, W, 3] float32 in 0..1.
+    """RGB uint8 arrays or PIL images of one size -> ComfyUI IMAGE [B, H, W, 3] float32 in 0..1 (value / 255, as LoadImage).
 
     An empty list gives a [0, height, width, 3] tensor.
     """
     if not images:
         return torch.zeros((0, height, width, 3), dtype=torch.float32)
-    arr = np.stack([np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im, dtype=np.uint8) for im in images])
-    return torch.from_numpy(arr).to(torch.float32).div_(255.0)
+    first = np.asarray(images[0])
+    out = np.empty((len(images), *first.shape[:2], 3), dtype=np.float32)
+    for i, im in enumerate(images):
+        a = np.asarray(im.convert("RGB") if isinstance(im, Image.Image) and im.mode != "RGB" else im, dtype=np.uint8)
+        if a.shape[:2] != first.shape[:2]:
+            raise KohyaExtError(f"images of one IMAGE batch must share one size: {a.shape[1]}x{a.shape[0]} vs {first.shape[1]}x{first.shape[0]}")
+        out[i] = a
+        out[i] /= np.float32(255.0)
+    return torch.from_numpy(out)
 
 
 def select(images: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
@@ -278,11 +298,11 @@ _MAX_MEASURED = 8
 
 def pixels_digest(arrays: Sequence[np.ndarray]) -> str:
     """Content hash of a batch's 8-bit pixels (and shapes): the key of the measurement memo."""
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.sha256()
     for a in arrays:
         h.update(repr(a.shape).encode())
         h.update(np.ascontiguousarray(a).data)
-    return h.hexdigest()
+    return h.hexdigest()[:32]
 
 
 def measure_tensor(
