@@ -444,3 +444,35 @@ def test_per_image_score_of_an_unusable_face(reference):
     assert s.score == 0.0 and s.reason == "face too small" and s.near_copy is None
     u = image_score(reference.stats, ImageMeasurement(name="y", status="unreadable", error="y: file not found"))
     assert u.reason == "image unreadable: y: file not found"
+
+
+def test_progress_bar_and_cancel(nodes, reference, mixed_tensor, monkeypatch):
+    """Inside a ComfyUI run the nodes drive the V3 progress API and stop at the Cancel button."""
+    import types
+
+    import comfy_api.latest as latest
+    import comfy_execution.utils as eu
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self):
+            self.execution = types.SimpleNamespace(set_progress=lambda value, max_value: calls.append((value, max_value)))
+
+    assert nodes._progress() is core._noop  # outside a run: nothing to report to
+    monkeypatch.setattr(eu, "get_executing_context", lambda: types.SimpleNamespace(node_id="7"))
+    monkeypatch.setattr(latest, "ComfyAPISync", FakeApi)
+    core._MEASURED.clear()
+    core.consistency(reference, mixed_tensor, progress=nodes._progress())
+    assert calls[0] == (0.0, 5.0) and calls[-1] == (5.0, 5.0)
+
+    class Cancelled(Exception):
+        pass
+
+    def interrupted():
+        raise Cancelled
+
+    monkeypatch.setitem(sys.modules, "comfy.model_management", types.SimpleNamespace(throw_exception_if_processing_interrupted=interrupted))
+    core._MEASURED.clear()
+    with pytest.raises(Cancelled):
+        core.consistency(reference, mixed_tensor, progress=nodes._progress())
