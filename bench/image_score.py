@@ -152,8 +152,11 @@ def run_tadne(args) -> list[tuple[str, Scores]]:
 # -- real drawings ----------------------------------------------------------------------------------
 
 def run_real(args) -> list[tuple[str, Scores]]:
-    import real_data as rd
-    import real_eval as ev
+    try:
+        import real_data as rd  # bench/real_data.py, bench/real_eval.py: the real-drawing benchmark's loaders (issue 9)
+        import real_eval as ev
+    except ImportError as e:
+        raise SystemExit(f"image_score.py real needs bench/real_data.py and bench/real_eval.py ({e})") from None
     from kohya_ext.backends.nvxs import NvxsBackend
 
     chars = rd.select(Path(args.dir), args.refs, args.new)
