@@ -36,10 +36,10 @@ from PIL import Image
 from kohya_ext.color import color_distances, face_colors, rgb_to_lab
 from kohya_ext.detection import ImageFaces
 from kohya_ext.measure import ImageMeasurement, measure_faces
-from kohya_ext.phash import face_phash, face_phash_scaled, hamming, phash_mirror
+from kohya_ext.phash import copy_hashes, hamming
 from kohya_ext.ratios import RATIO_NAMES, ExclusionRules, compute_ratios
 from kohya_ext.reference import POPULATION_STD, ReferenceStats
-from kohya_ext.report import MEMORIZATION_FACE_HAMMING, MEMORIZATION_HAMMING, compare, is_near_copy
+from kohya_ext.report import MEMORIZATION_FACE_HAMMING, MEMORIZATION_HAMMING, compare, is_near_copy, reference_face_hashes, reference_hashes
 from kohya_ext.score import BACKEND_RATIO_WEIGHTS
 
 TILE = 512
@@ -361,16 +361,15 @@ class Store:
         self.memo[k] = Item(m, d["colors"], d["nv"], extra)
         return self.memo[k]
 
-    def face_hashes(self, tile: int, key: str) -> tuple[str, str, list[str] | None] | None:
-        """face_phash, its mirror and face_phash_scaled of one image (as measure.py stores them), computed once and cached."""
+    def face_hashes(self, tile: int, key: str) -> dict:
+        """The copy gate's hashes of one image (kohya_ext.phash.copy_hashes, as measure.py stores them), computed once and cached."""
         d = self.data[f"{tile}|{key}"]
-        if "fh2" not in d:
+        if "gate4" not in d:
             m = self.get(tile, key).m
-            im = self.image(tile, key) if m.points is not None else None
-            fh = face_phash(im, *np.asarray(m.points)[:2]) if im is not None else None
-            d["fh2"] = [*fh, face_phash_scaled(im, *np.asarray(m.points)[:2])] if fh else None
+            eyes = np.asarray(m.points)[:2] if m.points is not None and m.status != "no_face" else None
+            d["gate4"] = copy_hashes(self.image(tile, key), eyes)
             self.dirty = True
-        return tuple(d["fh2"]) if d["fh2"] else None
+        return d["gate4"]
 
     def save(self) -> None:
         if self.dirty:
@@ -569,25 +568,27 @@ MEM_KEYS = tuple(REF_VARIANTS) + tuple(SAMPLE_VARIANTS)
 
 
 def _mem_measurement(half: Half, tile: int, key: str) -> ImageMeasurement:
-    """The measurement with its face-aligned hashes, as kohya_ext.measure keeps them."""
+    """The measurement with the copy gate's hashes, as kohya_ext.measure keeps them (measurement version 4)."""
     m = replace(half.store.get(tile, key).m)
-    fh = half.store.face_hashes(tile, key)
-    m.face_phash, m.face_phash_mirror, m.face_phash_scaled = fh if fh else (None, None, None)
+    ch = half.store.face_hashes(tile, key)
+    m.drawn_hash, m.drawn_hash_mirror, m.window_hashes = ch["drawn"], ch["drawn_mirror"], ch["windows"]
+    m.face_phash, m.face_phash_mirror, m.face_phash_scaled = ch["face"], ch["face_mirror"], ch["face_scaled"]
     return m
 
 
-def memorisation(half: Half, mode: str, thresholds=(8, 10, 12, 14)) -> dict[str, list[float]]:
-    """Per-image flag rates of kohya_ext.report.is_near_copy per threshold T, each character's training image = its original.
+#: Limits shown in the memorisation tables (256-bit hashes since measurement version 4; shipped: MEMORIZATION_HAMMING).
+MEM_THRESHOLDS = (32, 40, 48, 56)
 
-    mode: "image" (whole-image hash <= T), "face" (face-aligned hash <= T) or
-    "either" (whole-image hash <= MEMORIZATION_HAMMING or face hash <= T: what compare() does).
+
+def memorisation(half: Half, mode: str, thresholds=MEM_THRESHOLDS) -> dict[str, list[float]]:
+    """Per-image flag rates of kohya_ext.report.is_near_copy per limit T, each character's training image = its original.
+
+    mode: "image" (drawn-area/window hashes <= T), "face" (face-window hash <= T) or
+    "either" (drawn-area/window hashes <= MEMORIZATION_HAMMING or face hash <= T: what compare() does,
+    without the reference-set cap, which needs several training images).
     """
     ms = {(a, k): _mem_measurement(half, a, k) for a in half.tiles_all for k in MEM_KEYS}
-    refs = {}
-    for a in half.tiles_all:
-        m = ms[(a, "orig")]
-        face = [h for h in (m.face_phash, m.face_phash_mirror) if h] + (m.face_phash_scaled or [])
-        refs[a] = ([m.phash, phash_mirror(half.store.image(a, "orig"))], face)
+    refs = {a: (reference_hashes([ms[(a, "orig")]]), reference_face_hashes([ms[(a, "orig")]])) for a in half.tiles_all}
 
     def flagged(m: ImageMeasurement, a: int, t: int) -> bool:
         img, face = refs[a]
@@ -615,8 +616,7 @@ def memorisation(half: Half, mode: str, thresholds=(8, 10, 12, 14)) -> dict[str,
 def hamming_distribution(half: Half, face: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Bits from each character's training image: its non-mirrored copies, and the other characters' originals."""
     def h(a, k):
-        fh = half.store.face_hashes(a, k)
-        return (fh[0] if fh else None) if face else half.store.get(a, k).m.phash
+        return half.store.face_hashes(a, k)["face" if face else "drawn"]
 
     ref_hash = {a: h(a, "orig") for a in half.tiles_all}
     non_mirror = [k for k in MEM_KEYS if "mirror" not in k]
@@ -777,11 +777,11 @@ def main() -> None:
         print()
         for face in (False, True):
             same, other = hamming_distribution(h, face)
-            print(f"{'face-aligned' if face else 'whole-image'} pHash bits: copies (non-mirrored) median {np.median(same):.0f}, 95th pct {np.percentile(same, 95):.0f}, "
+            print(f"{'face-window' if face else 'drawn-area'} hash bits (256): copies (non-mirrored) median {np.median(same):.0f}, 95th pct {np.percentile(same, 95):.0f}, "
                   f"max {same.max()}; other characters min {other.min()}, 5th pct {np.percentile(other, 5):.0f}, median {np.median(other):.0f}\n")
-        for mode, title in (("image", "whole-image pHash (+mirror) <= T"), ("face", "face-aligned pHash (+mirror) <= T"),
-                            ("either", f"whole-image <= {MEMORIZATION_HAMMING} OR face-aligned <= T (shipped T = {MEMORIZATION_FACE_HAMMING})")):
-            print(f"| memorisation flag: {title} | T=8 | 10 | 12 | 14 |\n|---|---|---|---|---|")
+        for mode, title in (("image", "drawn-area/window hashes (+mirror) <= T"), ("face", "face-window hash (+mirror) <= T"),
+                            ("either", f"drawn-area/windows <= {MEMORIZATION_HAMMING} OR face window <= T (shipped T = {MEMORIZATION_FACE_HAMMING})")):
+            print(f"| memorisation flag: {title} | " + " | ".join(f"T={t}" for t in MEM_THRESHOLDS) + " |\n|---|---|---|---|---|")
             for k, v in memorisation(h, mode).items():
                 print(f"| {k} | " + " | ".join(f"{x:.3f}" for x in v) + " |")
             print()

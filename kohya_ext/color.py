@@ -20,7 +20,7 @@ import numpy as np
 #: Parts compared. Eyes are the mean of both irises, so mirroring cannot swap them.
 COLOR_PARTS: tuple[str, ...] = ("hair", "eyes")
 #: Bump when a region, a pixel filter or the distance below changes.
-COLOR_VERSION = 1
+COLOR_VERSION = 2
 #: Floor of the colour spread (dE): a reference of near-identical images has ~0 spread,
 #: and dE below ~this is lighting/JPEG noise, not a different character (docs/validity.md).
 COLOR_SPREAD_FLOOR = 8.0
@@ -138,3 +138,82 @@ def measure_colors(backend: str, image: np.ndarray, points: np.ndarray) -> dict[
     """face_colors of one detected face: what an ImageMeasurement keeps as ``colors``."""
     el, er = eye_centers(backend, points)
     return face_colors(image, el, er)
+
+
+#: Face-region colour histograms (kohya_ext.color.face_histogram): regions in the eye frame, in eye distances
+#: (u along the eye axis from the eye midpoint, v down the face), as (u range, v range).
+#: "hair" (above the eyes, bangs and the top of the head) is the one measured: on the real-drawing tune half it
+#: separated characters better than the whole face window or the face below the brows (docs/validity.md).
+HIST_REGIONS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    "hair": ((-1.6, 1.6), (-1.3, -0.35)),
+    "window": ((-1.6, 1.6), (-1.3, 1.9)),
+    "face": ((-0.9, 0.9), (-0.35, 1.2)),
+}
+#: Histogram bins: lightness in HIST_L_BINS equal steps, and per step one grey bin (chroma < HIST_GREY_CHROMA)
+#: plus HIST_HUES hue sectors x 2 chroma levels (below / above HIST_STRONG_CHROMA).
+HIST_L_BINS = 2
+HIST_HUES = 12
+HIST_GREY_CHROMA = 10.0
+HIST_STRONG_CHROMA = 30.0
+HIST_BINS = HIST_L_BINS * (1 + 2 * HIST_HUES)
+
+
+def lab_bins(lab: np.ndarray) -> np.ndarray:
+    """Histogram bin index (0..HIST_BINS-1) of each Lab colour."""
+    L = np.clip((lab[:, 0] / (100.0 / HIST_L_BINS)).astype(int), 0, HIST_L_BINS - 1)
+    c = np.hypot(lab[:, 1], lab[:, 2])
+    hue = (np.degrees(np.arctan2(lab[:, 2], lab[:, 1])) % 360.0) // (360.0 / HIST_HUES)
+    sub = np.where(c < HIST_GREY_CHROMA, 0, 1 + hue.astype(int) * 2 + (c >= HIST_STRONG_CHROMA))
+    return L * (1 + 2 * HIST_HUES) + sub
+
+
+def face_histogram(image: np.ndarray, eye_left, eye_right, regions=tuple(HIST_REGIONS)) -> dict[str, list[float]] | None:
+    """Normalised Lab colour histograms (HIST_BINS bins) of face regions placed by the eyes; None when the eyes are < 4 px apart."""
+    el, er = np.asarray(eye_left, np.float64), np.asarray(eye_right, np.float64)
+    axis = er - el
+    ed = float(np.hypot(*axis))
+    if ed < 4:
+        return None
+    x = axis / ed
+    y = np.array([-x[1], x[0]])
+    mid = (el + er) / 2
+    out = {}
+    for name in regions:
+        u, v = HIST_REGIONS[name]
+        px = _region(np.asarray(image), mid, x, y, u, v, ed)
+        if len(px) < 16:
+            out[name] = None
+            continue
+        h = np.bincount(lab_bins(rgb_to_lab(px)), minlength=HIST_BINS).astype(np.float64)
+        out[name] = [round(float(a), 4) for a in h / h.sum()]
+    return out
+
+
+#: Floor of the histogram distance spread (Hellinger units): a reference of near-identical images has ~0 spread.
+HIST_SPREAD_FLOOR = 0.02
+
+
+def _hellinger(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.clip(1.0 - (np.sqrt(p) * np.sqrt(q)).sum(-1), 0.0, None))
+
+
+def hist_distance(reference: Sequence[Sequence[float] | None], samples: Sequence[Sequence[float] | None], floor: float = HIST_SPREAD_FLOOR) -> float | None:
+    """How much farther the sample histograms sit from the reference's mean histogram than the reference's own do.
+
+    Per sample image: the Hellinger distance of its histogram to the mean reference histogram;
+    per reference image: the same to the mean of the others (leave one out). The result is
+    (mean sample distance - mean reference distance) / sqrt(var(reference distances) + floor^2),
+    at least 0: an effect size in reference spreads, independent of how many samples there are.
+    None when the reference has fewer than 3 histograms or the samples none.
+    """
+    r = np.array([h for h in reference if h is not None], dtype=np.float64)
+    s = np.array([h for h in samples if h is not None], dtype=np.float64)
+    if len(r) < 3 or len(s) == 0:
+        return None
+    r = r / np.maximum(r.sum(1, keepdims=True), 1e-12)
+    s = s / np.maximum(s.sum(1, keepdims=True), 1e-12)
+    n = len(r)
+    tot = r.sum(0)
+    loo = _hellinger(r, (tot[None] - r) / (n - 1))
+    ds = _hellinger(s, tot / n)
+    return float(max(ds.mean() - loo.mean(), 0.0) / math.sqrt(loo.var(ddof=1) + floor**2))

@@ -18,14 +18,15 @@ from tqdm.auto import tqdm
 from .detection import Backend, Face, ImageFaces
 from .images import load_image
 from .errors import ImageError
-from .color import eye_centers, measure_colors
-from .phash import face_phash, face_phash_scaled, phash, phash_mirror
+from .color import eye_centers, face_histogram, measure_colors
+from .phash import copy_hashes, phash, phash_mirror
 from .ratios import RATIO_NAMES, ExclusionRules, compute_ratios
 
 logger = logging.getLogger(__name__)
 
-#: Bump when what a measurement holds changes (keys the on-disk cache).
-MEASUREMENT_VERSION = 3
+#: Bump when what a measurement holds changes (keys the on-disk cache; references of an older version are refused).
+#: 4: copy-gate hashes of the drawn area and its windows, 256-bit face hashes, hair colour histogram (issue 9).
+MEASUREMENT_VERSION = 4
 
 #: Status of one image. Only "ok" images contribute ratios.
 STATUSES = ("ok", "unreadable", "no_face", "face_too_small", "face_too_turned", "degenerate_landmarks")
@@ -50,15 +51,23 @@ class ImageMeasurement:
     point_scores: list[float] | None = None
     mean_point_score: float | None = None
     ratios: dict[str, float | None] = field(default_factory=dict)
+    #: 64-bit pHash of the whole image and of its mirror (not used by the copy gate since measurement version 4)
     phash: str | None = None
     phash_mirror: str | None = None
-    #: pHash of a window placed by the eyes (kohya_ext.phash.face_phash), and of its mirror:
-    #: survives crops and pads of a copied training image (docs/validity.md)
+    #: copy gate (kohya_ext.phash.copy_hashes, GATE_BITS): hash of the drawn area (a plain canvas trimmed) and of
+    #: its mirror, and of the drawn area's kohya_ext.phash.WINDOWS (crops and pads of a copy meet one of them)
+    drawn_hash: str | None = None
+    drawn_hash_mirror: str | None = None
+    window_hashes: list[str] | None = None
+    #: hash of a window placed by the eyes (kohya_ext.phash.face_window), and of its mirror:
+    #: follows the face when a copy is cropped, padded or moved onto another background (docs/validity.md)
     face_phash: str | None = None
     face_phash_mirror: str | None = None
     #: the same window hashed at kohya_ext.phash.FACE_REFERENCE_SCALES (+ mirrors): used when this image is a reference
     face_phash_scaled: list[str] | None = None
     colors: dict[str, list[float]] | None = None
+    #: colour histogram of the hair region (kohya_ext.color.face_histogram, HIST_BINS bins, sums to 1)
+    hair_hist: list[float] | None = None
     width: int = 0
     height: int = 0
 
@@ -88,6 +97,10 @@ def measure_faces(
             name=name, status="no_face", n_faces=len(det.faces), phash=phash(img), phash_mirror=phash_mirror(img), width=w, height=h
         )
         face = det.primary(min_face_score)
+        eyes = eye_centers(backend_name, np.asarray(face.points)) if face is not None else None
+        ch = copy_hashes(img, eyes)
+        m.drawn_hash, m.drawn_hash_mirror, m.window_hashes = ch["drawn"], ch["drawn_mirror"], ch["windows"]
+        m.face_phash, m.face_phash_mirror, m.face_phash_scaled = ch["face"], ch["face_mirror"], ch["face_scaled"]
         if face is not None:
             primaries.append((len(out), face))
             m.face_score = float(face.score)
@@ -96,11 +109,7 @@ def measure_faces(
             m.point_scores = np.asarray(face.point_scores, dtype=float).round(4).tolist()
             m.mean_point_score = float(np.mean(face.point_scores))
             m.colors = measure_colors(backend_name, img, np.asarray(face.points))
-            eyes = eye_centers(backend_name, np.asarray(face.points))
-            fh = face_phash(img, *eyes)
-            if fh is not None:
-                m.face_phash, m.face_phash_mirror = fh
-                m.face_phash_scaled = face_phash_scaled(img, *eyes)
+            m.hair_hist = (face_histogram(img, *eyes, regions=("hair",)) or {}).get("hair")
         out.append(m)
     if primaries:
         faces = [f for _, f in primaries]

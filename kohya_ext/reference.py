@@ -22,8 +22,9 @@ from . import __version__
 from .detection import Backend
 from .errors import BackendMismatchError, KohyaExtError
 from .io_utils import atomic_write_text
-from .measure import ImageMeasurement
+from .measure import MEASUREMENT_VERSION, ImageMeasurement
 from .ratios import FORMULA_VERSION, RATIO_NAMES, UNAVAILABLE, ExclusionRules
+from .score import SCORE_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,8 @@ class ReferenceStats:
             "sources": self.sources,
             "backend": self.backend,
             "formula_version": self.formula_version,
+            "measurement_version": MEASUREMENT_VERSION,
+            "score_version": SCORE_VERSION,
             "rules": self.rules,
             "counts": self.counts,
             "ratios": {k: v.__dict__ for k, v in self.ratios.items()},
@@ -196,6 +199,16 @@ class ReferenceStats:
             raise KohyaExtError(
                 f"{origin}: reference format version {d['format_version']} is newer than this kohya-ext understands "
                 f"({REFERENCE_FORMAT_VERSION}); upgrade kohya-ext"
+            )
+        mv = d.get("measurement_version", 3)  # files before measurement version 4 do not say
+        if mv != MEASUREMENT_VERSION:
+            if mv > MEASUREMENT_VERSION:
+                raise KohyaExtError(f"{origin}: reference measured by a newer kohya-ext (measurement version {mv}); upgrade kohya-ext")
+            raise KohyaExtError(
+                f"{origin}: this reference was measured by an older kohya-ext (measurement version {mv}, score "
+                f"v{d.get('score_version', 3)}); this kohya-ext scores with v{SCORE_VERSION} (real-drawing weights, hair colour "
+                f"histograms, a copy gate on drawn-area and face hashes), which needs measurement version {MEASUREMENT_VERSION}: "
+                "rebuild the reference from its images (`kohya-ext reference DATA -o ref.json`, or pass the image folder instead of the ref.json)"
             )
         return cls(
             backend=d["backend"],

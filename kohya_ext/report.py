@@ -11,22 +11,22 @@ import numpy as np
 from . import __version__
 from .i18n import translate
 from .measure import ImageMeasurement
-from .phash import hamming
+from .phash import REFERENCE_WINDOW_INDEX, SAMPLE_WINDOW_INDEX
 from .ratios import FORMULA_VERSION, RATIO_NAMES
 from .reference import RatioStats, ReferenceStats, ratio_statistics, spread, summarize_counts
-from .color import color_distances
+from .color import color_distances, hist_distance
 from .score import consistency_score, geometry_distance, score_version
 
-#: A sample whose perceptual hash is within this many bits (of 64) of a reference
-#: image (or of its mirror image) counts as a near-copy of it. Chosen on half of the
-#: shared portraits by bench/validity.py (docs/validity.md): copies after JPEG, rescale
-#: or a small roll sit at <= 12 bits in 96-99 % of cases, other characters at >= 14.
-MEMORIZATION_HAMMING = 12
-#: The same for the face-aligned hash (kohya_ext.phash.face_phash), which also catches
-#: cropped and padded copies; a sample is a near-copy when EITHER hash is this close.
-#: Chosen on the tune half of bench/validity.py (docs/validity.md), with the reference
-#: windows hashed at 5 sizes: crop/pad copies 0.98, other characters 0.000 at 10 bits.
-MEMORIZATION_FACE_HAMMING = 10
+#: Copy gate (memorisation), measurement version 4: a sample is a near-copy of a training image when the
+#: 256-bit hash of its drawn area (a plain canvas trimmed) or of one of its kohya_ext.phash.SAMPLE_WINDOWS is
+#: within MEMORIZATION_HAMMING bits of a training image's drawn area (as is or mirrored) or of one of its
+#: REFERENCE_WINDOWS, OR its face-window hash within MEMORIZATION_FACE_HAMMING bits of a training face's (any of
+#: its sizes, as is or mirrored). Both limits are capped at MEMORIZATION_RELATIVE x the reference set's own
+#: distinct-image distance (its 25th percentile nearest-other distance): a set of near-identical drawings
+#: lowers them. Chosen on the tune half of bench/validity_real.py (docs/validity.md; bench/fit_constants.py).
+MEMORIZATION_HAMMING = 48
+MEMORIZATION_FACE_HAMMING = 48
+MEMORIZATION_RELATIVE = 0.6
 
 
 @dataclass
@@ -141,22 +141,134 @@ class ConsistencyReport:
         return "\n".join(lines)
 
 
-def reference_hashes(reference: ReferenceStats) -> list[str]:
-    """The reference images' pHashes, plus their mirror images' when the measurements keep them (``phash_mirror``)."""
-    mirrored = [h for m in reference.measurements if (h := getattr(m, "phash_mirror", None))]
-    return reference.phashes + mirrored
+def _refs(reference) -> list:
+    return list(getattr(reference, "measurements", reference))
 
 
-def reference_face_hashes(reference: ReferenceStats) -> list[str]:
-    """The reference faces' face-aligned hashes, their mirrors' and both at the other window sizes, where kept.
-
-    (``face_phash``, ``face_phash_mirror``, ``face_phash_scaled``; kohya_ext.phash.FACE_REFERENCE_SCALES.)
-    """
+def reference_hashes(reference) -> list[str]:
+    """The training images' drawn-area hashes (as is and mirrored) and their REFERENCE_WINDOWS hashes."""
     out: list[str] = []
-    for m in reference.measurements:
+    for m in _refs(reference):
+        out += [h for h in (getattr(m, "drawn_hash", None), getattr(m, "drawn_hash_mirror", None)) if h]
+        wins = getattr(m, "window_hashes", None) or []
+        out += [wins[i] for i in REFERENCE_WINDOW_INDEX if i < len(wins)]
+    return out
+
+
+def reference_face_hashes(reference) -> list[str]:
+    """The training faces' face-window hashes, their mirrors' and both at the other window sizes, where kept."""
+    out: list[str] = []
+    for m in _refs(reference):
         out += [h for h in (getattr(m, "face_phash", None), getattr(m, "face_phash_mirror", None)) if h]
         out += getattr(m, "face_phash_scaled", None) or []
     return out
+
+
+def sample_hashes(sample: ImageMeasurement) -> list[str]:
+    """What a sample is compared with: its drawn-area hash and its SAMPLE_WINDOWS hashes."""
+    wins = getattr(sample, "window_hashes", None) or []
+    return ([sample.drawn_hash] if getattr(sample, "drawn_hash", None) else []) + [wins[i] for i in SAMPLE_WINDOW_INDEX if i < len(wins)]
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
+
+
+def _bytes(hashes: list[str]) -> np.ndarray:
+    """Hex hashes of one length -> (N, bytes) uint8."""
+    return np.frombuffer(bytes.fromhex("".join(hashes)), np.uint8).reshape(len(hashes), -1) if hashes else np.zeros((0, 0), np.uint8)
+
+
+def _bit_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, bytes) x (M, bytes) -> (N, M) Hamming distances."""
+    return _POPCOUNT[a[:, None, :] ^ b[None, :, :]].sum(-1)
+
+
+def _min_bits(a: list[str], b: list[str]) -> int | None:
+    a = [h for h in a if h]
+    b = [h for h in b if h]
+    if not a or not b:
+        return None
+    by_len: dict[int, list[str]] = {}
+    for h in b:
+        by_len.setdefault(len(h), []).append(h)
+    best = None
+    for h in a:
+        same = by_len.get(len(h))
+        if same:
+            d = int(_bit_distances(_bytes([h]), _bytes(same)).min())
+            best = d if best is None else min(best, d)
+    return best
+
+
+def _nearest_other(own: list[list[str]], refs: list[list[str]]) -> list[int]:
+    """For each image j with hashes: min distance of own[j] to refs[k] over k != j (same-length hashes only)."""
+    n = len(own)
+    lens = {len(h) for hs in own + refs for h in hs}
+    if len(lens) != 1:
+        return []
+    A = [_bytes(h) for h in own]
+    B = [_bytes(h) for h in refs]
+    out = []
+    for j in range(n):
+        if not len(A[j]):
+            continue
+        ds = [int(_bit_distances(A[j], B[k]).min()) for k in range(n) if k != j and len(B[k])]
+        if ds:
+            out.append(min(ds))
+    return out
+
+
+def reference_thresholds(reference, max_bits: int = MEMORIZATION_HAMMING, max_face_bits: int = MEMORIZATION_FACE_HAMMING,
+                         relative: float = MEMORIZATION_RELATIVE) -> tuple[int, int]:
+    """The gate's limits for one reference set: the absolute ones, capped at ``relative`` x the set's distinct-image distance.
+
+    Each training image is compared, as a sample would be, with the other training images; the 25th
+    percentile of these nearest-other distances is a genuine "new drawing" distance of this character
+    (a quantile, not the minimum, so a few duplicates inside the set do not collapse the limit).
+    With fewer than 4 such images the absolute limits stand.
+    """
+    ms = _refs(reference)
+    img = _nearest_other([sample_hashes(m) for m in ms], [reference_hashes([m]) for m in ms])
+    face = _nearest_other([[h] if (h := getattr(m, "face_phash", None)) else [] for m in ms], [reference_face_hashes([m]) for m in ms])
+    cap = lambda nn, t: t if len(nn) < 4 else min(t, int(relative * float(np.percentile(nn, 25))))
+    return cap(img, max_bits), cap(face, max_face_bits)
+
+
+class CopyGate:
+    """The copy gate against one set of training-image hashes (arrays built once; is_near_copy per sample)."""
+
+    def __init__(self, reference_hashes: list[str], reference_face_hashes: list[str] | None = None,
+                 max_bits: int = MEMORIZATION_HAMMING, max_face_bits: int = MEMORIZATION_FACE_HAMMING):
+        self.max_bits, self.max_face_bits = max_bits, max_face_bits
+        self.ref = self._by_len(reference_hashes)
+        self.face = self._by_len(reference_face_hashes or [])
+
+    @staticmethod
+    def _by_len(hashes: list[str]) -> dict[int, np.ndarray]:
+        groups: dict[int, list[str]] = {}
+        for h in hashes:
+            if h:
+                groups.setdefault(len(h), []).append(h)
+        return {k: _bytes(v) for k, v in groups.items()}
+
+    @staticmethod
+    def _min(hashes: list[str], refs: dict[int, np.ndarray]) -> int | None:
+        best = None
+        for h in hashes:
+            r = refs.get(len(h)) if h else None
+            if r is not None:
+                d = int(_bit_distances(_bytes([h]), r).min())
+                best = d if best is None else min(best, d)
+        return best
+
+    def distances(self, sample: ImageMeasurement) -> tuple[int | None, int | None]:
+        """(drawn-area/window distance, face distance) of a sample, None where either side has no such hash."""
+        fh = getattr(sample, "face_phash", None)
+        return self._min(sample_hashes(sample), self.ref), self._min([fh] if fh else [], self.face)
+
+    def is_copy(self, sample: ImageMeasurement) -> bool:
+        d, f = self.distances(sample)
+        return (d is not None and d <= self.max_bits) or (f is not None and f <= self.max_face_bits)
 
 
 def is_near_copy(
@@ -166,11 +278,8 @@ def is_near_copy(
     max_bits: int = MEMORIZATION_HAMMING,
     max_face_bits: int = MEMORIZATION_FACE_HAMMING,
 ) -> bool:
-    """Whether one sample is a near-copy: its whole-image hash OR its face-aligned hash is close to a reference's."""
-    if sample.phash and reference_hashes and min(hamming(sample.phash, r) for r in reference_hashes) <= max_bits:
-        return True
-    fh = getattr(sample, "face_phash", None)
-    return bool(fh and reference_face_hashes and min(hamming(fh, r) for r in reference_face_hashes) <= max_face_bits)
+    """Whether one sample is a near-copy: its drawn-area/window hashes OR its face hash are close to a training image's."""
+    return CopyGate(reference_hashes, reference_face_hashes, max_bits, max_face_bits).is_copy(sample)
 
 
 def memorization_share(
@@ -180,21 +289,17 @@ def memorization_share(
     reference_face_hashes: list[str] | None = None,
     max_face_bits: int = MEMORIZATION_FACE_HAMMING,
 ) -> float | None:
-    """Share of readable samples that are near-copies (perceptual hash) of some reference image.
+    """Share of readable samples that are near-copies of some training image (is_near_copy).
 
-    A sample counts when its whole-image hash is within ``max_bits`` of a reference
-    hash, or its face-aligned hash within ``max_face_bits`` of a reference face hash
-    (crops and pads move the first, not the second). A gate beside the score, not part
-    of it: geometry consistency alone rewards copying the training images. Measured in
-    docs/validity.md; its false-alarm rate on genuine new drawings of the same
-    character is unmeasured (no such data here), and the face hash is the part more
-    likely to fire on a new drawing in the same pose and framing.
+    A gate beside the score, not part of it: geometry and colour consistency alone reward
+    copying the training images. Its false-alarm rate on genuine new drawings and its hit
+    rate on edited copies are measured on real drawings (docs/validity.md).
     """
-    readable = [m for m in samples if m.phash]
+    readable = [m for m in samples if getattr(m, "drawn_hash", None)]
     if not readable or not (reference_hashes or reference_face_hashes):
         return None
-    copies = sum(is_near_copy(m, reference_hashes, reference_face_hashes, max_bits, max_face_bits) for m in readable)
-    return copies / len(readable)
+    gate = CopyGate(reference_hashes, reference_face_hashes, max_bits, max_face_bits)
+    return sum(gate.is_copy(m) for m in readable) / len(readable)
 
 
 def compare(reference: ReferenceStats, samples: list[ImageMeasurement], sample_identity: dict | None = None) -> ConsistencyReport:
@@ -227,6 +332,7 @@ def compare(reference: ReferenceStats, samples: list[ImageMeasurement], sample_i
     confs = [m.mean_point_score for m in samples if m.status == "ok" and m.mean_point_score is not None]
     zs = {k: v.z for k, v in comps.items() if v.z is not None}
     color_z = _color_distance(reference.measurements, samples)
+    t_img, t_face = _thresholds(reference)
     with_color = color_z is not None and any(z is not None for z in color_z.values())
     return ConsistencyReport(
         reference_name=reference.name,
@@ -236,7 +342,7 @@ def compare(reference: ReferenceStats, samples: list[ImageMeasurement], sample_i
         geometry_distance=geometry_distance(zs, backend),
         detection_rate=detection_rate,
         mean_landmark_confidence=float(np.mean(confs)) if confs else None,
-        memorization=memorization_share(samples, reference_hashes(reference), reference_face_hashes=reference_face_hashes(reference)),
+        memorization=memorization_share(samples, reference_hashes(reference), t_img, reference_face_hashes(reference), t_face),
         reference_counts=reference.counts,
         sample_counts=counts,
         ratios=comps,
@@ -245,10 +351,28 @@ def compare(reference: ReferenceStats, samples: list[ImageMeasurement], sample_i
     )
 
 
+def _thresholds(reference: ReferenceStats) -> tuple[int, int]:
+    """reference_thresholds, computed once per reference object (its measurements do not change)."""
+    key = tuple(id(m) for m in reference.measurements)
+    cached = getattr(reference, "_gate_thresholds", None)
+    if cached is None or cached[0] != key:
+        cached = (key, reference_thresholds(reference))
+        try:
+            reference._gate_thresholds = cached
+        except AttributeError:
+            pass
+    return cached[1]
+
+
 def _color_distance(reference: list[ImageMeasurement], samples: list[ImageMeasurement]) -> dict[str, float | None] | None:
-    """Colour distances of the usable faces, or None when either side kept no colours (``colors``)."""
-    ref = [c for m in reference if m.status == "ok" and (c := getattr(m, "colors", None))]
-    smp = [c for m in samples if m.status == "ok" and (c := getattr(m, "colors", None))]
-    if not ref or not smp:
+    """Colour distances of the usable faces (hair, eyes; hair_hist where both sides kept histograms),
+    or None when either side kept no colours (``colors``)."""
+    ref_ok = [m for m in reference if m.status == "ok" and getattr(m, "colors", None)]
+    smp_ok = [m for m in samples if m.status == "ok" and getattr(m, "colors", None)]
+    if not ref_ok or not smp_ok:
         return None
-    return color_distances(ref, smp)
+    out = color_distances([m.colors for m in ref_ok], [m.colors for m in smp_ok])
+    hd = hist_distance([getattr(m, "hair_hist", None) for m in ref_ok], [getattr(m, "hair_hist", None) for m in smp_ok])
+    if hd is not None:
+        out["hair_hist"] = hd
+    return out

@@ -8,10 +8,14 @@ Contract (fixed; what goes inside is tuned by bench/validity.py, docs/validity.m
 - it is stored with its backend and formula version (`score_version`); scores of
   different backends or versions are never compared.
 
-Formula (v3, same form as v2 with nvxs's new eye-spacing ratios and weights): score = detection_rate * exp(-d^2 / 2), where d is the weighted
-mean of capped |z| over the measured ratios and, when both sides have colours,
-the hair and iris colour distances (kohya_ext.color.color_distances, also in
-spread units). Memorisation is NOT in the score: it is a separate gate
+Formula (v4, same form as v3, weights refit on real drawings: docs/validity.md):
+score = detection_rate * exp(-d^2 / 2), where d is the weighted mean of capped |z|
+over the measured ratios and, when both sides have colours, the hair and iris
+colour distances (kohya_ext.color.color_distances) and the hair-region colour
+histogram distance (kohya_ext.color.hist_distance, "hair_hist"), all in reference
+spread units. Per-backend weights (BACKEND_RATIO_WEIGHTS, BACKEND_COLOR_WEIGHTS)
+are printed by bench/fit_constants.py from a measurement file of
+bench/validity_real.py. Memorisation is NOT in the score: it is a separate gate
 (kohya_ext.report.memorization_share) reported beside it.
 """
 
@@ -22,7 +26,7 @@ import math
 import numpy as np
 
 #: Bump when the formula below changes.
-SCORE_VERSION = 3
+SCORE_VERSION = 4
 #: Per-face |z| are capped here so one wild ratio cannot dominate.
 Z_CAP = 3.0
 #: Default ratio weights (hrnet: NOT validated, the real weights are unavailable here;
@@ -50,8 +54,14 @@ BACKEND_RATIO_WEIGHTS: dict[str, dict[str, float]] = {
         "intercanthal_ratio": 0.90,
     },
 }
-#: Weight of each colour part (hair, eyes) beside the ratio weights (docs/validity.md).
+#: Weight of each colour part (hair, eyes, hair_hist) beside the ratio weights, for backends without their own (docs/validity.md).
 COLOR_WEIGHT = 1.0
+#: Per-backend colour-part weights (bench/fit_constants.py, real-drawing tune half).
+BACKEND_COLOR_WEIGHTS: dict[str, dict[str, float]] = {}
+
+
+def color_weights(backend: str | None) -> dict[str, float]:
+    return BACKEND_COLOR_WEIGHTS.get(backend or "", {})
 
 
 def score_version(backend: str, with_color: bool = True) -> str:
@@ -66,9 +76,10 @@ def ratio_weights(backend: str | None) -> dict[str, float]:
 def geometry_distance(z_by_ratio: dict[str, float], backend: str | None = None, color_z: dict[str, float | None] | None = None) -> float | None:
     """Weighted mean of capped |z| over the ratios that could be measured (and colour parts, if given); None when none."""
     weights = ratio_weights(backend)
+    cw = color_weights(backend)
     items = [(weights.get(k, 1.0), min(abs(z), Z_CAP)) for k, z in z_by_ratio.items() if z is not None and math.isfinite(z)]
     if color_z:
-        items += [(COLOR_WEIGHT, min(abs(z), Z_CAP)) for z in color_z.values() if z is not None and math.isfinite(z)]
+        items += [(cw.get(k, COLOR_WEIGHT), min(abs(z), Z_CAP)) for k, z in color_z.items() if z is not None and math.isfinite(z)]
     items = [(w, z) for w, z in items if w > 0]
     if not items:
         return None

@@ -17,7 +17,7 @@ import pytest
 
 from kohya_ext.color import color_distances, face_colors, rgb_to_lab
 from kohya_ext.measure import ImageMeasurement, measure_arrays
-from kohya_ext.phash import face_phash, hamming, phash, phash_mirror
+from kohya_ext.phash import FACE_REFERENCE_SCALES, GATE_BITS, content_box, copy_hashes, hamming, phash, phash_mirror
 from kohya_ext.ratios import ExclusionRules
 from kohya_ext.reference import ReferenceStats
 from kohya_ext.report import MEMORIZATION_HAMMING, compare, memorization_share, reference_face_hashes, reference_hashes
@@ -178,7 +178,7 @@ def test_memorisation_gate_fires_on_copies_only(measured):
         image_only += memorization_share(ms[a], img_h) * len(keys)
         total += len(keys)
     assert flagged / total >= FLOOR_COPIES_FLAGGED, flagged / total
-    assert flagged > image_only  # the face hash catches crops/pads the whole-image hash misses
+    assert flagged >= image_only  # the face hash only adds (since measurement v4 the drawn-area windows catch most crops/pads)
 
 
 def test_compare_reports_colours_and_mirrored_copies(nvxs, measured):
@@ -186,7 +186,7 @@ def test_compare_reports_colours_and_mirrored_copies(nvxs, measured):
     a = CHARACTERS[0]
     ref = measured.get([(a, k) for k in REF_KEYS])
     rep = compare(_ref(nvxs, ref), measured.get([(a, "mirror")]), nvxs.identity())
-    assert rep.score_version.endswith("-v3") and set(rep.color_distance) == {"hair", "eyes"}
+    assert rep.score_version.endswith("-v4") and set(rep.color_distance) == {"hair", "eyes", "hair_hist"}
     assert rep.memorization == 1.0
     assert "consistency/color_hair_z" in rep.scalars()
     geo = compare(_ref(nvxs, [_without_colors(m) for m in ref]), [_without_colors(measured.get([(a, "mirror")])[0])], nvxs.identity())
@@ -221,7 +221,37 @@ def test_phash_mirror_matches_mirrored_image():
     img = (rng.random((64, 80, 3)) * 255).astype(np.uint8)
     img[:, :40] //= 3  # asymmetric, so mirroring changes the plain hash
     assert phash_mirror(img) == phash(np.ascontiguousarray(img[:, ::-1]))
-    assert hamming(phash(img), phash_mirror(img)) > MEMORIZATION_HAMMING
+    mirrored = np.ascontiguousarray(img[:, ::-1])
+    h, hm = copy_hashes(img), copy_hashes(mirrored)
+    assert hm["drawn"] == h["drawn_mirror"] and len(h["drawn"]) == GATE_BITS // 4
+    assert hamming(h["drawn"], hm["drawn"]) > MEMORIZATION_HAMMING
+
+
+def test_gate_hashes_what_is_drawn_not_the_canvas():
+    """The drawn-area hash ignores a plain canvas (its colour, margins, position); a busy border is kept."""
+    rng = np.random.default_rng(5)
+    drawing = (rng.random((12, 12, 3)) * 255).astype(np.uint8).repeat(16, 0).repeat(16, 1)  # 192 px "drawing"
+    white = np.full((400, 400, 3), 255, np.uint8)
+    white[100:292, 80:272] = drawing
+    blue = np.full((360, 420, 3), (230, 238, 250), np.uint8)
+    blue[40:232, 150:342] = drawing
+    assert content_box(white) == (80, 100, 272, 292)
+    a, b = copy_hashes(white), copy_hashes(blue)
+    assert hamming(a["drawn"], b["drawn"]) <= 4
+    assert content_box(drawing) is None  # no plain border: the whole image is what is drawn
+    other = np.full((400, 400, 3), 255, np.uint8)
+    other[100:292, 80:272] = (rng.random((12, 12, 3)) * 255).astype(np.uint8).repeat(16, 0).repeat(16, 1)
+    assert hamming(a["drawn"], copy_hashes(other)["drawn"]) > MEMORIZATION_HAMMING  # same canvas, other drawing
+    # a 5 % crop of the drawing meets one of the reference windows
+    crop = np.ascontiguousarray(drawing[10:, 10:])
+    from kohya_ext.report import CopyGate, reference_hashes
+
+    ref = ImageMeasurement(name="r", status="ok", drawn_hash=copy_hashes(drawing)["drawn"], drawn_hash_mirror=copy_hashes(drawing)["drawn_mirror"],
+                           window_hashes=copy_hashes(drawing)["windows"])
+    ch = copy_hashes(crop)
+    smp = ImageMeasurement(name="s", status="ok", drawn_hash=ch["drawn"], window_hashes=ch["windows"])
+    d_img, _ = CopyGate(reference_hashes([ref])).distances(smp)
+    assert d_img <= MEMORIZATION_HAMMING < hamming(ch["drawn"], ref.drawn_hash)
 
 
 def test_face_phash_follows_the_face_not_the_frame():
@@ -230,13 +260,14 @@ def test_face_phash_follows_the_face_not_the_frame():
     img = np.zeros((200, 240, 3), np.uint8)
     img[40:160, 60:180] = (rng.random((15, 15, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)  # blocky "face"
     el, er = np.array([100.0, 80.0]), np.array([140.0, 80.0])
-    h, hm = face_phash(img, el, er)
+    h = copy_hashes(img, (el, er))
     padded = np.pad(img, ((30, 10), (5, 25), (0, 0)), mode="edge")
-    assert face_phash(padded, el + [5, 30], er + [5, 30])[0] == h
+    assert copy_hashes(padded, (el + [5, 30], er + [5, 30]))["face"] == h["face"]
     cropped = np.ascontiguousarray(img[20:, 30:])
-    assert face_phash(cropped, el - [30, 20], er - [30, 20])[0] == h
+    assert copy_hashes(cropped, (el - [30, 20], er - [30, 20]))["face"] == h["face"]
     mirrored = np.ascontiguousarray(img[:, ::-1])
     w = img.shape[1]
-    assert hamming(face_phash(mirrored, [w - er[0], er[1]], [w - el[0], el[1]])[0], hm) <= 2
-    assert hamming(phash(img), phash(padded)) > MEMORIZATION_HAMMING  # the whole-image hash loses it
-    assert face_phash(img, el, el + [2, 0]) is None  # eyes too close to place a window
+    assert hamming(copy_hashes(mirrored, ([w - er[0], er[1]], [w - el[0], el[1]]))["face"], h["face_mirror"]) <= 8
+    assert len(h["face_scaled"]) == 2 * len(FACE_REFERENCE_SCALES)
+    assert copy_hashes(padded)["drawn"] == h["drawn"]  # on this plain (black) canvas the drawn-area hash follows it too
+    assert copy_hashes(img, (el, el + [2, 0]))["face"] is None  # eyes too close to place a window
