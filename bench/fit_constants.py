@@ -42,7 +42,7 @@ from kohya_ext.ratios import RATIO_NAMES, UNAVAILABLE  # noqa: E402
 from kohya_ext.report import CopyGate, _nearest_other, reference_face_hashes, reference_hashes, sample_hashes  # noqa: E402
 
 GEOMETRY_MIN = 0.125
-GRID = {"geometry": (0.125, 0.25, 0.5), "eyes": (0.7, 1.0, 1.5), "hair_hist": (1.5, 2.0, 3.0, 4.0)}
+GRID = {"geometry": (0.125, 0.25, 0.5), "eyes": (1.0, 1.5, 2.0), "hair_hist": (3.0, 4.0, 6.0, 8.0)}
 QUICK_GRID = {"geometry": (0.125, 0.25), "eyes": (1.0,), "hair_hist": (2.0, 3.0)}
 #: grid points within this of the best tune AUC count as tied; the tie goes to the most geometry
 AUC_TIE = 0.003

@@ -24,8 +24,8 @@ from .score import consistency_score, geometry_distance, score_version
 #: its sizes, as is or mirrored). Both limits are capped at MEMORIZATION_RELATIVE x the reference set's own
 #: distinct-image distance (its 25th percentile nearest-other distance): a set of near-identical drawings
 #: lowers them. Chosen on the tune half of bench/validity_real.py (docs/validity.md; bench/fit_constants.py).
-MEMORIZATION_HAMMING = 48
-MEMORIZATION_FACE_HAMMING = 48
+MEMORIZATION_HAMMING = 52
+MEMORIZATION_FACE_HAMMING = 44
 MEMORIZATION_RELATIVE = 0.6
 
 

@@ -40,24 +40,26 @@ RATIO_WEIGHTS: dict[str, float] = {
     "eyebrow_height_ratio": 1.0,
     "intercanthal_ratio": 1.0,
 }
-#: Per-backend weights, measured by bench/validity.py (tune half): across-character std over
-#: within-character std under benign variations, scaled to max 1. Since FORMULA_VERSION 2 nvxs
-#: divides its eye spacings by the eye-to-mouth height (its box side followed the eyes), which
-#: made them its best-conditioned ratios (interocular 1.80, intercanthal 1.62; were 0.74, 0.93).
+#: Per-backend ratio weights (bench/fit_constants.py, real-drawing tune half of bench/validity_real.py):
+#: within the geometry part proportional to each ratio's across-character / within-character spread;
+#: the part's total (0.5 against hair 1) is the best tune AUC with the most geometry (docs/validity.md).
+#: On real drawings nvxs geometry alone separates characters barely above chance (AUC 0.52-0.54).
 BACKEND_RATIO_WEIGHTS: dict[str, dict[str, float]] = {
     "nvxs": {
-        "interocular_ratio": 1.0,
-        "eye_to_nose_ratio": 0.69,
-        "nose_to_mouth_ratio": 0.98,
-        "mouth_width_ratio": 0.88,
-        "chin_length_ratio": 0.64,
-        "intercanthal_ratio": 0.90,
+        "interocular_ratio": 0.118,
+        "eye_to_nose_ratio": 0.066,
+        "nose_to_mouth_ratio": 0.066,
+        "mouth_width_ratio": 0.075,
+        "chin_length_ratio": 0.068,
+        "intercanthal_ratio": 0.108,
     },
 }
 #: Weight of each colour part (hair, eyes, hair_hist) beside the ratio weights, for backends without their own (docs/validity.md).
 COLOR_WEIGHT = 1.0
 #: Per-backend colour-part weights (bench/fit_constants.py, real-drawing tune half).
-BACKEND_COLOR_WEIGHTS: dict[str, dict[str, float]] = {}
+BACKEND_COLOR_WEIGHTS: dict[str, dict[str, float]] = {
+    "nvxs": {"hair": 1.0, "eyes": 2.0, "hair_hist": 8.0},
+}
 
 
 def color_weights(backend: str | None) -> dict[str, float]:

@@ -30,12 +30,24 @@ _spec.loader.exec_module(rx)
 
 #: AUC floors at n = 4 new drawings per evaluation (reference 16), per presentation and half.
 #: Measured (docs/validity.md): see MEASURED below; floors 0.03 lower (one character of ten moving by ~0.3).
-MEASURED_AUC4: dict[tuple[str, str], float] = {}
+MEASURED_AUC4: dict[tuple[str, str], float] = {
+    ("tight", "tune"): 0.871, ("tight", "report"): 0.957, ("white", "tune"): 0.869, ("white", "report"): 0.959,
+    ("busy", "tune"): 0.882, ("busy", "report"): 0.957, ("busy_blur", "tune"): 0.874, ("busy_blur", "report"): 0.962,
+}
 #: n = 8, white canvas (the issue's headline presentation).
-MEASURED_AUC8_WHITE: dict[str, float] = {}
+MEASURED_AUC8_WHITE: dict[str, float] = {"tune": 0.879, "report": 0.976}
 AUC_MARGIN = 0.03
 #: Copy gate, per gate presentation and half: false alarms at most (measured + 1 %), copies caught at least (measured - 5 %).
-MEASURED_GATE: dict[tuple[str, str], dict[str, float]] = {}
+_NO_FALSE_ALARMS = {"new drawings, same character": 0.0, "new drawings, other characters": 0.0,
+                    "evaluations of 4 new drawings denied": 0.0, "evaluations of 8 new drawings denied": 0.0}
+_EDITS_CAUGHT = {f"copies: {e}": 1.0 for e in ("exact", "jpeg_q70", "rescale_0.75", "crop_6", "pad_6", "mirror")}
+#: new_bg on a busy reference: the drawing lifted off its busy background is NOT caught (docs/validity.md).
+MEASURED_GATE: dict[tuple[str, str], dict[str, float]] = {
+    ("white", "tune"): {**_NO_FALSE_ALARMS, **_EDITS_CAUGHT, "copies: new_bg": 0.975},
+    ("white", "report"): {**_NO_FALSE_ALARMS, **_EDITS_CAUGHT, "copies: new_bg": 0.975},
+    ("busy", "tune"): {**_NO_FALSE_ALARMS, **_EDITS_CAUGHT, "copies: new_bg": 0.025},
+    ("busy", "report"): {**_NO_FALSE_ALARMS, **_EDITS_CAUGHT, "copies: new_bg": 0.025},
+}
 FA_MARGIN, HIT_MARGIN = 0.01, 0.05
 
 
