@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from kohya_ext.detection import Face, ImageFaces
+from kohya_ext.backends.base import Face, ImageFaces
 
 #: Thumbnail correlation above which two drawings count as the same art (dataset dedupe).
 DUPLICATE_NCC = 0.8

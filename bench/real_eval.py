@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 import real_data as rd
-from kohya_ext.detection import ImageFaces
+from kohya_ext.backends.base import ImageFaces
 from kohya_ext.measure import ImageMeasurement, measure_faces
 from kohya_ext.ratios import ExclusionRules
 

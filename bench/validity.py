@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from kohya_ext.color import color_distances, face_colors, rgb_to_lab
-from kohya_ext.detection import ImageFaces
+from kohya_ext.backends.base import ImageFaces
 from kohya_ext.measure import ImageMeasurement, measure_faces
 from kohya_ext.phash import copy_hashes, hamming
 from kohya_ext.ratios import RATIO_NAMES, ExclusionRules, compute_ratios

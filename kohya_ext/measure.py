@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .detection import Backend, Face, ImageFaces
+from .backends.base import Backend, Face, ImageFaces
 from .images import load_image
 from .errors import ImageError
 from .color import eye_centers, face_histogram, measure_colors

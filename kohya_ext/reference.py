@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .detection import Backend
+from .backends.base import Backend
 from .errors import BackendMismatchError, KohyaExtError
 from .io_utils import atomic_write_text
 from .measure import MEASUREMENT_VERSION, ImageMeasurement

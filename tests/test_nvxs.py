@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kohya_ext.backends import nvxs
-from kohya_ext.detection import ImageFaces
+from kohya_ext.backends.base import ImageFaces
 from kohya_ext.errors import KohyaExtError
 from kohya_ext.landmarks import NVXS_POINTS, flip_permutation
 

@@ -1,4 +1,4 @@
-"""Landmark backends and the choice between them.
+"""Landmark backends and the choice between them (the contract they share: ``base``).
 
 - ``hrnet``: anime-face-detector 0.1.0 (YOLOv3 / Faster R-CNN + HRNetV2, 28 points),
   batched in torch on CUDA or CPU; needs its weights (Hub cache or local files).

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..detection import Face, ImageFaces
+from .base import Face, ImageFaces
 from ..errors import ImageError, KohyaExtError
 from ..landmarks import HRNET_POINTS, flip_permutation
 from .weights import WeightFile, load_state_dict_strict, models_for, resolve_weights

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..detection import Face, ImageFaces
+from .base import Face, ImageFaces
 from ..errors import KohyaExtError
 from ..landmarks import NVXS_FLIP_PAIRS, NVXS_POINTS
 
