@@ -23,9 +23,7 @@ from kohya_ext.io_utils import atomic_write_text
 from kohya_ext.patches.sample_names import parse_sample_name
 from kohya_ext.ratios import FORMULA_VERSION
 from kohya_ext.training import best as bestcopy
-from kohya_ext.training import decisions
-from kohya_ext.training import resume
-from kohya_ext.training import trackers
+from kohya_ext.training import decisions, messages, resume, trackers
 from kohya_ext.training.early_stop import EarlyStopState, StopConfig, decide
 from kohya_ext.training.leaderboard import FOLDER, RUN_RECORD, Leaderboard
 from kohya_ext.training.options import ConsistencyOptions
@@ -40,7 +38,6 @@ from .base import Callback
 logger = logging.getLogger("kohya_ext")
 
 
-
 class EarlyStopped(Exception):
     """Raised on every rank at the same point to leave ``train()`` after an early stop."""
 
@@ -48,12 +45,6 @@ class EarlyStopped(Exception):
         super().__init__(message)
         self.global_step = global_step
         self.message = message
-
-
-def _say(msg: str) -> None:
-    """One line in the training log. Printed, not logged: sd-scripts puts a rich handler on the
-    root logger, so logging as well would show every line twice."""
-    print(f"kohya-ext: {msg}", flush=True)
 
 
 class ConsistencyCallback(Callback):
@@ -142,14 +133,7 @@ class ConsistencyCallback(Callback):
         self.worker.start()
         t0 = time.monotonic()
         info = self.worker.wait_ready(max(1800.0, self.opts.timeout))
-        counts = info.get("counts") or {}
-        chars = info.get("characters") or {}
-        _say(f"consistency reference ready in {time.monotonic() - t0:.1f} s "
-             f"({counts.get('usable', '?')} usable faces of {counts.get('images', '?')} images; {self.n_prompts} prompts; "
-             f"scoring deadline {self.deadline(args):g} s)"
-             + ("" if not self.prompt_characters else "; characters scored against their own reference: "
-                + ", ".join(f"{c} ({self.prompt_characters.count(c)} prompts, {chars.get(c, {}).get('usable', '?')} faces)"
-                            for c in sorted(set(self.prompt_characters)))))
+        messages.say(messages.reference_ready(time.monotonic() - t0, info, self.n_prompts, self.deadline(args), self.prompt_characters))
 
     def deadline(self, args: Any) -> float:
         """The scoring deadline, kept under half of the collective timeout other ranks wait on."""
@@ -174,7 +158,7 @@ class ConsistencyCallback(Callback):
         if self.ranks is None:
             self.ranks = rank_sync(accelerator)
             if self.ranks.world > 1 and self.is_main:
-                _say(self.ranks.describe())
+                messages.say(self.ranks.describe())
         return self.ranks
 
     # -- the sample hook -----------------------------------------------------------------------
@@ -217,8 +201,8 @@ class ConsistencyCallback(Callback):
             try:
                 decision = self._score_and_record(accelerator, args, kind, epoch, global_step, cum, render_dir, t_render, render_error)
             except Exception as e:  # the other ranks wait in the broadcast: always reach it
-                logger.exception("kohya-ext: recording the evaluation at step %d failed", global_step)
-                _say(f"recording the evaluation at step {global_step} failed, training goes on: {type(e).__name__}: {e}")
+                logger.exception("kohya-ext: recording the evaluation at step %d failed, training goes on: %s: %s",
+                                 global_step, type(e).__name__, e)
         message = ranks.broadcast(decision)
         if message:
             self.stop_message = message
@@ -292,7 +276,7 @@ class ConsistencyCallback(Callback):
         }
         if not result["ok"]:
             row["error"] = result["error"]
-            _say(f"evaluation at step {global_step} failed, training goes on: {result['error']}")
+            messages.say(f"evaluation at step {global_step} failed, training goes on: {result['error']}")
             score, eligible = None, False
         else:
             score = result["score"]
@@ -303,7 +287,7 @@ class ConsistencyCallback(Callback):
                        backend=result.get("backend"), score_version=result.get("score_version"), scoring_device=result.get("device"))
             if result.get("device_note"):
                 row["device_note"] = result["device_note"]
-                _say(f"step {global_step}: {result['device_note']}")
+                messages.say(f"step {global_step}: {result['device_note']}")
             for name, r in (result.get("ratios") or {}).items():
                 row[f"{name}_diff_pct"], row[f"{name}_z"] = r.get("diff_pct"), r.get("z")
             if result.get("characters"):
@@ -321,12 +305,7 @@ class ConsistencyCallback(Callback):
                                           caption=f"step {global_step} score {score:.4f}")
                 except OSError as e:
                     logger.warning("kohya-ext: cannot read %s: %s", result["grid"], e)
-            note = ""
-            if memorized:
-                note = f" (memorised: {100 * mem:.0f}% near-copies of training images > {100 * self.opts.memorization_max:.0f}%: not crowned best)"
-                _say(f"step {global_step}: samples are near-copies of training images{note}")
-            _say(f"step {global_step} ({kind}): consistency {score:.4f}, detection {100 * result['detection_rate']:.0f}%"
-                 + (" - new best" if row["is_best"] else "") + note)
+            messages.say(messages.evaluation(global_step, kind, row, self.opts.memorization_max))
         self.es, stop, reason, message = decide(self.es, score, self.stop_cfg, eligible) if self.stop_cfg.active else (self.es, False, None, "")
         row.update(es_best=self.es.best, es_wait=self.es.wait, stop=stop, stop_reason=None if reason is None else reason.value, message=message)
         row = self.board.add(row)
@@ -336,7 +315,7 @@ class ConsistencyCallback(Callback):
                                                  "consistency/best_cum_step": cum, "consistency/best_checkpoint": row.get("checkpoint")})
             self.run_record["best"] = {k: row.get(k) for k in ("eval", "cum_step", "kohya_step", "epoch", "checkpoint", "score")}
         if stop:
-            _say(f"early stop at step {global_step}: {message}")
+            messages.say(f"early stop at step {global_step}: {message}")
             trackers.wandb_summary(accelerator, {"consistency/stopped_at_step": global_step, "consistency/stop_reason": reason.value})
             self.run_record["stopped"] = {"kohya_step": global_step, "cum_step": cum, "reason": reason.value, "message": message}
         trackers.flush(accelerator)
@@ -373,7 +352,7 @@ class ConsistencyCallback(Callback):
         dst = self.best_path(args)
         try:
             bestcopy.copy_with_metadata(src, dst, bestcopy.best_metadata(row))
-            _say(f"best checkpoint so far: {Path(src).name} (score {row['score']:.4f}) copied to {dst.name}")
+            messages.say(f"best checkpoint so far: {Path(src).name} (score {row['score']:.4f}) copied to {dst.name}")
         except Exception as e:
             logger.warning("kohya-ext: copying the best checkpoint %s failed: %s", src, e)
 
@@ -391,7 +370,7 @@ class ConsistencyCallback(Callback):
         try:
             self.network.save_weights(tmp, self.last_save["dtype"] if self.last_save else None, meta)
             os.replace(tmp, dst)
-            _say(f"best weights so far (step {global_step}, score {row['score']:.4f}) saved to {dst.name}")
+            messages.say(f"best weights so far (step {global_step}, score {row['score']:.4f}) saved to {dst.name}")
         except Exception as e:
             Path(tmp).unlink(missing_ok=True)
             logger.warning("kohya-ext: saving the best weights failed: %s", e)
@@ -406,8 +385,7 @@ class ConsistencyCallback(Callback):
         if self.board is not None and any(r.get("cum_step") == cum and not r.get("checkpoint") for r in self.board.rows):
             self.board.set_checkpoint(cum, Path(path).name)
         if self.pending_best is not None and self.pending_best["global_step"] == self.current_step:
-            row = self.pending_best["row"]
-            self.pending_best = None
+            row, self.pending_best = self.pending_best["row"], None
             self._copy_best(self.args, path, row)
 
     # -- end -----------------------------------------------------------------------------------
@@ -417,15 +395,8 @@ class ConsistencyCallback(Callback):
             self.worker = None
         if not self.is_main or self.board is None:
             return
-        best = self.board.best()
-        n_ok = sum(1 for r in self.board.rows if r.get("status") == "ok")
-        n_fail = len(self.board.rows) - n_ok
-        if best is None:
-            _say(f"no best checkpoint: {n_ok} evaluation(s) scored, {n_fail} failed")
-        else:
-            _say(f"best consistency {best['score']:.4f} at step {best['kohya_step']} (cumulative {best['cum_step']}, epoch {best['epoch']}, "
-                 f"{best.get('checkpoint')}) -> {self.best_path(self.args).name}; {len(self.board.rows)} evaluation(s): {n_ok} scored, {n_fail} failed"
-                 + (f"; stopped early: {self.stop_message}" if stopped_early else ""))
+        messages.say(messages.fit_end(self.board.rows, self.board.best(), self.best_path(self.args).name,
+                                      self.stop_message if stopped_early else None))
         if getattr(self, "run_record", None) is not None:
             self.run_record["finished"] = time.time()
             self._write_run_record()
@@ -452,7 +423,7 @@ class ConsistencyCallback(Callback):
         try:
             old = Leaderboard.load(self.folder)
         except (OSError, ValueError) as e:  # never break kohya's resume over our history
-            _say(f"cannot read the consistency history ({e}): continuing from cumulative step {self.step_offset} with a fresh one")
+            messages.say(f"cannot read the consistency history ({e}): continuing from cumulative step {self.step_offset} with a fresh one")
             return
         kept, abandoned = resume.split_rows(old.rows, state)
         self.board.rows = kept
@@ -461,10 +432,7 @@ class ConsistencyCallback(Callback):
         self.es = resume.replay(kept, self.stop_cfg)
         self.board.write()
         self._check_best_copy(best)
-        self.resume_note = (f"{len(kept)} evaluation(s) kept"
-                            + (f", {len(abandoned)} from the replaced continuation set aside" if abandoned else "")
-                            + (f"; best {best['score']:.4f} at cumulative step {best['cum_step']}" if best else "")
-                            + (f"; {self.es.wait} evaluation(s) without improvement so far" if self.stop_cfg.active else ""))
+        self.resume_note = messages.resumed(kept, abandoned, best, self.es.wait if self.stop_cfg.active else None)
 
     def _on_save_state(self, models: Any, weights: Any, output_dir: str) -> None:
         """accelerate's save-state pre hook: our side file next to kohya's train_state.json."""
@@ -480,13 +448,13 @@ class ConsistencyCallback(Callback):
         side = resume.read_side_file(input_dir)
         if side is None:
             if self.is_main:
-                _say(f"{input_dir} holds no {resume.SIDE_FILE} (saved without kohya-ext): the consistency history starts afresh "
+                messages.say(f"{input_dir} holds no {resume.SIDE_FILE} (saved without kohya-ext): the consistency history starts afresh "
                      "at cumulative step 0")
             return
         self.resume_note = ""
         self.load_state_dict(side)
         if self.is_main:
-            _say(f"resumed from {input_dir} at cumulative step {self.step_offset}: {self.resume_note}")
+            messages.say(f"resumed from {input_dir} at cumulative step {self.step_offset}: {self.resume_note}")
 
     def _check_best_copy(self, best: dict | None) -> None:
         """After a resume the ``-best`` file must hold the kept history's best evaluation. If it
@@ -503,7 +471,7 @@ class ConsistencyCallback(Callback):
             return
         aside = dst.with_name(dst.stem + "-abandoned" + dst.suffix)
         os.replace(dst, aside)
-        _say(f"{dst.name} held cumulative step {step}, not the kept history's best: moved to {aside.name}")
+        messages.say(f"{dst.name} held cumulative step {step}, not the kept history's best: moved to {aside.name}")
         if best is not None and best.get("checkpoint"):
             src = Path(self.args.output_dir) / best["checkpoint"]
             if src.exists() and src.suffix == ".safetensors" and bestcopy.read_metadata(src).get("ss_steps") == str(best["kohya_step"]):

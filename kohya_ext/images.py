@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -80,12 +79,3 @@ def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
             f"{' in all subfolders' if recursive else ''})"
         )
     return files
-
-
-def iter_loaded(paths: Iterable[Path]):
-    """Yield ``(path, array_or_None, error_or_None)`` for each path."""
-    for p in paths:
-        try:
-            yield p, load_image(p), None
-        except ImageError as e:
-            yield p, None, str(e)

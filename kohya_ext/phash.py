@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-_N = 32  # DCT input size
-_K = 8  # low-frequency block kept -> 64-bit hash
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -17,7 +15,6 @@ def _dct_matrix(n: int) -> np.ndarray:
     return m
 
 
-_DCT = _dct_matrix(_N)
 #: DCT size and kept block per hash length: 64 bits = the classic pHash (8x8 of a 32x32 DCT); 256 bits = 16x16 of 64x64.
 _SIZES = {64: (32, 8), 256: (64, 16)}
 _DCTS = {n: _dct_matrix(n) for n, _ in _SIZES.values()}

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -23,8 +22,6 @@ from .measure import ImageMeasurement, measure_arrays, measure_files
 from .ratios import ExclusionRules
 from .reference import REFERENCE_FORMAT, ReferenceStats, build_reference
 from .report import ConsistencyReport, compare
-
-logger = logging.getLogger(__name__)
 
 
 def is_reference_file(path: str | Path) -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from kohya_ext.errors import KohyaExtError
+from kohya_ext.training.messages import say
 
 OWN_NAMES = ("kohya_ext.gui_network", "kohya_ext.patches.gui_network")
 DEFAULT_INNER = "networks.lora"
@@ -357,12 +358,12 @@ def _setup(call_kwargs: dict[str, Any], dropout: bool) -> tuple[Plan, Any]:
 def _start(found: Any, p: Plan) -> None:
     trainer, args, accelerator = found
     if "sample_images" in vars(trainer):  # python -m kohya_ext already hooked this trainer
-        print("kohya-ext: consistency hooks already installed by python -m kohya_ext; the network module only delegates", flush=True)
+        say("consistency hooks already installed by python -m kohya_ext; the network module only delegates")
         return
     if p.restored:
-        print(f"kohya-ext: network_args from {args.config_file}.toml kept for {p.inner}: {' '.join(p.restored)}", flush=True)
+        say(f"network_args from {args.config_file}.toml kept for {p.inner}: {' '.join(p.restored)}")
     if p.merged:
-        print(f"kohya-ext: network_args of an earlier --network_args kept for {p.inner}: {' '.join(p.merged)}", flush=True)
+        say(f"network_args of an earlier --network_args kept for {p.inner}: {' '.join(p.merged)}")
     GuiSession(trainer, args, accelerator, p).start()
 
 
@@ -372,7 +373,7 @@ def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, un
         p, found = _setup(kwargs, dropout=True)
         module = _inner(p.inner)
         if found is None:
-            print("kohya-ext: kohya_ext.gui_network not called from NetworkTrainer.train: delegating without evaluation", flush=True)
+            say("kohya_ext.gui_network not called from NetworkTrainer.train: delegating without evaluation")
         network = module.create_network(multiplier, network_dim, network_alpha, vae, text_encoder, unet,
                                         neuron_dropout=neuron_dropout, **p.kwargs)
         if network is not None and found is not None and p.options.consistency:

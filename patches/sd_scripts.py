@@ -28,6 +28,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from kohya_ext.errors import KohyaExtError
+from kohya_ext.training.messages import say
 
 TRAINERS = ("train_network.py", "sdxl_train_network.py", "sd3_train_network.py", "flux_train_network.py",
             "lumina_train_network.py", "hunyuan_image_train_network.py", "anima_train_network.py")
@@ -353,7 +354,7 @@ def install_instance_hooks(trainer: Any, cb: Any, surface: KohyaSurface) -> None
         try:
             args.sample_prompts = str(cache_prompt_file(cb.prompt_file, user, surface.fns.load_prompts, cb.folder / "prompts-to-cache.json"))
         except Exception as e:  # never block training over our prompts
-            print(f"kohya-ext: could not add the evaluation prompts to the prompt cache: {e}", flush=True)
+            say(f"could not add the evaluation prompts to the prompt cache: {e}")
             return orig_cache(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
         try:
             return orig_cache(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
@@ -404,7 +405,7 @@ def finish_after_stop(args: Any, fns: Any, cb: Any, stop: Any) -> None:
             meta.update(ss_steps=str(stop.global_step), ss_epoch=str(cb.epoch), ss_training_finished_at=str(time.time()))
             meta["kohya_ext_early_stop"] = stop.message
         os.makedirs(args.output_dir, exist_ok=True)
-        print(f"kohya-ext: saving final checkpoint after the early stop: {path}", flush=True)
+        say(f"saving final checkpoint after the early stop: {path}")
         cb.network.save_weights(path, last.get("dtype"), meta if meta else None)
 
 

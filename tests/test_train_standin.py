@@ -86,7 +86,9 @@ def test_tensorboard_and_wandb_get_consistency_at_the_loss_steps(tmp_path, tadne
     assert Path(run["tensorboard_dir"]).is_dir() and str(tmp_path / "logs") in run["tensorboard_dir"]
     assert (tmp_path / "out" / "consistency" / "eval-00000002" / "overlay_grid.png").is_file()
     assert not list((tmp_path / "out" / "sample").glob("*")) if (tmp_path / "out" / "sample").exists() else True
-    assert "best consistency" in proc.stdout
+    out = proc.stdout + proc.stderr  # each kohya-ext message once: printed, not logged as well
+    assert out.count("best consistency") == 1 and out.count("consistency reference ready") == 1 and "best consistency" in proc.stdout
+    assert out.count("step 2 (step_save): consistency") == 1
 
 
 def test_scorer_raise_segfault_and_hang_do_not_stop_training(tmp_path):

@@ -10,7 +10,6 @@ This module is the process and its pipe; what the child does with a job is
 
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import os
 import signal
@@ -21,8 +20,6 @@ from typing import Any
 from ..errors import KohyaExtError
 from .devices import evaluate_on_device, is_cuda_error, release
 from .evaluation import build_scorer
-
-logger = logging.getLogger(__name__)
 
 # -- child side ---------------------------------------------------------------------------
 
