@@ -183,23 +183,6 @@ def _bit_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _POPCOUNT[a[:, None, :] ^ b[None, :, :]].sum(-1)
 
 
-def _min_bits(a: list[str], b: list[str]) -> int | None:
-    a = [h for h in a if h]
-    b = [h for h in b if h]
-    if not a or not b:
-        return None
-    by_len: dict[int, list[str]] = {}
-    for h in b:
-        by_len.setdefault(len(h), []).append(h)
-    best = None
-    for h in a:
-        same = by_len.get(len(h))
-        if same:
-            d = int(_bit_distances(_bytes([h]), _bytes(same)).min())
-            best = d if best is None else min(best, d)
-    return best
-
-
 def _nearest_other(own: list[list[str]], refs: list[list[str]]) -> list[int]:
     """For each image j with hashes: min distance of own[j] to refs[k] over k != j (same-length hashes only)."""
     n = len(own)
