@@ -24,7 +24,7 @@ from kohya_ext.patches.sample_names import parse_sample_name
 from kohya_ext.ratios import FORMULA_VERSION
 from kohya_ext.training import best as bestcopy
 from kohya_ext.training import decisions, messages, resume, trackers
-from kohya_ext.training.early_stop import EarlyStopState, StopConfig, decide
+from kohya_ext.training.early_stop import EarlyStopState, StopConfig, StopReason, decide
 from kohya_ext.training.leaderboard import FOLDER, RUN_RECORD, Leaderboard
 from kohya_ext.training.options import ConsistencyOptions
 from kohya_ext.training.prompts import (assign_characters, default_prompts, fix_prompts, inherit_sampler_settings,
@@ -279,11 +279,9 @@ class ConsistencyCallback(Callback):
             messages.say(f"evaluation at step {global_step} failed, training goes on: {result['error']}")
             score, eligible = None, False
         else:
-            score = result["score"]
-            mem = result.get("memorization")
-            memorized = decisions.is_memorized(mem, self.opts.memorization_max)
-            eligible = not memorized
-            row.update(score=score, detection_rate=result["detection_rate"], memorization=mem, memorized=memorized,
+            score, mem, prev = result["score"], result.get("memorization"), self.board.best()
+            memorized, eligible, is_best = decisions.crown(score, mem, self.opts.memorization_max, None if prev is None else prev["score"])
+            row.update(score=score, detection_rate=result["detection_rate"], memorization=mem, memorized=memorized, is_best=is_best,
                        backend=result.get("backend"), score_version=result.get("score_version"), scoring_device=result.get("device"))
             if result.get("device_note"):
                 row["device_note"] = result["device_note"]
@@ -293,8 +291,6 @@ class ConsistencyCallback(Callback):
             if result.get("characters"):
                 row["characters"] = ";".join(f"{c}={v['score']:.6f}" for c, v in result["characters"].items())
                 row["character_details"] = result["characters"]
-            prev = self.board.best()
-            row["is_best"] = decisions.is_new_best(score, eligible, None if prev is None else prev["score"])
             trackers.log_scalars(accelerator, result["scalars"], global_step, log_epoch)
             if result.get("grid"):
                 try:
@@ -306,8 +302,9 @@ class ConsistencyCallback(Callback):
                 except OSError as e:
                     logger.warning("kohya-ext: cannot read %s: %s", result["grid"], e)
             messages.say(messages.evaluation(global_step, kind, row, self.opts.memorization_max))
-        self.es, stop, reason, message = decide(self.es, score, self.stop_cfg, eligible) if self.stop_cfg.active else (self.es, False, None, "")
-        row.update(es_best=self.es.best, es_wait=self.es.wait, stop=stop, stop_reason=None if reason is None else reason.value, message=message)
+        self.es, stop, reason, message = decide(self.es, score, self.stop_cfg, eligible)
+        row.update(es_best=self.es.best, es_wait=self.es.wait, stop=stop, stop_reason=None if reason is StopReason.NONE else reason.value,
+                   message=message)
         row = self.board.add(row)
         if row.get("is_best"):
             self._keep_best(args, row, global_step)
@@ -467,7 +464,7 @@ class ConsistencyCallback(Callback):
                 json.loads(dst.with_name(dst.name + ".json").read_text(encoding="utf-8")).get(bestcopy.META_STEP)
         except Exception:
             step = None
-        if best is not None and step == str(best["cum_step"]):
+        if not decisions.best_copy_stale(best, step):
             return
         aside = dst.with_name(dst.stem + "-abandoned" + dst.suffix)
         os.replace(dst, aside)

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from kohya_ext.training.decisions import (BestCopy, best_copy_source, checkpoint_kind, evaluation_trigger, is_memorized,
-                                          is_new_best)
+from kohya_ext.training.decisions import (BestCopy, best_copy_source, best_copy_stale, checkpoint_kind, crown, evaluation_trigger,
+                                          is_memorized)
+from kohya_ext.training.early_stop import EarlyStopState, StopConfig, StopReason, decide
 
 
 def _trigger(step, epoch, **kw):
@@ -33,15 +34,16 @@ def test_checkpoint_kind():
     assert checkpoint_kind("epoch_save", False) == "epoch" and checkpoint_kind("final", False) == "last"
 
 
-@pytest.mark.parametrize("score,eligible,best,want", [
-    (0.8, True, None, True), (0.8, True, 0.7, True), (0.7, True, 0.7, False), (0.6, True, 0.7, False),
-    (0.9, False, 0.7, False),  # memorised: never crowned
-    (None, True, None, False), (math.nan, True, None, False), (math.nan, True, 0.5, False),
-    (0.5, True, math.nan, True),  # a NaN best from an old history never blocks a real score
-    (math.inf, True, None, False),
+@pytest.mark.parametrize("score,mem,best,want", [
+    (0.8, None, None, (False, True, True)), (0.8, 0.2, 0.7, (False, True, True)), (0.7, None, 0.7, (False, True, False)),
+    (0.6, None, 0.7, (False, True, False)),
+    (0.9, 0.6, 0.7, (True, False, False)),  # memorised: not eligible, never crowned
+    (None, None, None, (False, False, False)), (math.nan, None, None, (False, False, False)), (math.nan, None, 0.5, (False, False, False)),
+    (0.5, None, math.nan, (False, True, True)),  # a NaN best from an old history never blocks a real score
+    (math.inf, None, None, (False, False, False)),
 ])
-def test_new_best_never_for_none_or_nan(score, eligible, best, want):
-    assert is_new_best(score, eligible, best) is want
+def test_crown_eligible_and_new_best_never_for_none_or_nan(score, mem, best, want):
+    assert crown(score, mem, 0.5, best) == want
 
 
 def test_memorised_and_best_copy_source():
@@ -49,3 +51,16 @@ def test_memorised_and_best_copy_source():
     assert best_copy_source(4, 4, "a-step00000004.safetensors") is BestCopy.COPY_SAVED
     assert best_copy_source(4, 2, "a-step00000004.safetensors") is BestCopy.AWAIT_SAVE
     assert best_copy_source(5, 4, None) is BestCopy.SAVE_OWN and best_copy_source(5, None, None) is BestCopy.SAVE_OWN
+
+
+def test_best_copy_stale_after_a_resume():
+    best = {"cum_step": 12}
+    assert not best_copy_stale(best, "12")
+    assert best_copy_stale(best, "16") and best_copy_stale(best, None) and best_copy_stale(None, "12")
+
+
+def test_no_early_stopping_asked_never_stops_and_keeps_no_state():
+    state = EarlyStopState()
+    for score in (0.5, None, math.nan, 0.1):
+        new, stop, reason, message = decide(state, score, StopConfig())
+        assert (new, stop, reason, message) == (state, False, StopReason.NONE, "")

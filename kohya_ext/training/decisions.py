@@ -1,7 +1,8 @@
 """The training decisions, as pure functions of plain values (the callback only orchestrates).
 
-When to evaluate, whether an evaluation may be crowned best, which file becomes the best copy;
-whether to stop is ``early_stop.decide``. Each is unit-tested without a training loop.
+When to evaluate, whether an evaluation is eligible and a new best, which file becomes the best copy
+(and whether it is stale after a resume); whether to stop is ``early_stop.decide``. Each is unit-tested
+without a training loop (tests/test_decisions.py).
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ def is_memorized(memorization: float | None, memorization_max: float) -> bool:
     return memorization is not None and memorization > memorization_max
 
 
-def is_new_best(score: float | None, eligible: bool, best_score: float | None) -> bool:
-    """A finite, eligible score above the best so far; None or NaN never is."""
-    if not eligible or score is None or not math.isfinite(score):
-        return False
-    return best_score is None or not math.isfinite(best_score) or score > best_score
+def crown(score: float | None, memorization: float | None, memorization_max: float, best_score: float | None) -> tuple[bool, bool, bool]:
+    """(memorised, eligible, new best): eligible is a finite score that is not memorised, a new best an eligible
+    score above the best so far (a NaN best never blocks one); a failed (None) or NaN score is neither."""
+    memorized = is_memorized(memorization, memorization_max)
+    eligible = score is not None and math.isfinite(score) and not memorized
+    return memorized, eligible, eligible and (best_score is None or not math.isfinite(best_score) or score > best_score)
 
 
 class BestCopy(str, Enum):
@@ -62,3 +64,9 @@ def best_copy_source(global_step: int, last_save_step: int | None, checkpoint: s
     if checkpoint is not None:
         return BestCopy.AWAIT_SAVE
     return BestCopy.SAVE_OWN
+
+
+def best_copy_stale(best: dict | None, held_step: str | None) -> bool:
+    """After a resume: the ``-best`` file (holding cumulative step ``held_step``, None when unreadable) must be set
+    aside, since it holds an evaluation other than the kept history's best (or the kept history has none)."""
+    return best is None or held_step != str(best["cum_step"])

@@ -51,10 +51,12 @@ class EarlyStopState:
 def decide(state: EarlyStopState, score: float | None, cfg: StopConfig, eligible: bool = True) -> tuple[EarlyStopState, bool, StopReason, str]:
     """The new state, whether to stop, why, and a sentence naming the value and the bound.
 
-    Order: failed/non-finite evaluation, improvement (by more than min_delta; a memorised
-    evaluation is not eligible), patience count, then target and patience checks, both
-    held back until ``warmup`` successful evaluations have been made.
+    Order: no early stopping asked (never stops, keeps no state), failed/non-finite evaluation,
+    improvement (by more than min_delta; a memorised evaluation is not eligible), patience count,
+    then target and patience checks, both held back until ``warmup`` successful evaluations.
     """
+    if not cfg.active:
+        return state, False, StopReason.NONE, ""
     if state.stopped:
         return state, True, StopReason(state.reason), state.message
     if score is None or not math.isfinite(score):
