@@ -3,8 +3,8 @@
 Usage:
     python bench/fit_constants.py tests/data/validity_real_nvxs.json.gz [--quick]
 
-Per backend (the file says which): prints the values to paste into kohya_ext/score.py
-(BACKEND_RATIO_WEIGHTS, BACKEND_COLOR_WEIGHTS) and kohya_ext/report.py (MEMORIZATION_*), with the
+Per backend (the file says which): prints the values to paste into kohya_ext/similarity.py
+(BACKEND_RATIO_WEIGHTS, BACKEND_COLOR_WEIGHTS) and kohya_ext/comparison.py (MEMORIZATION_*), with the
 tune-half numbers behind each choice. With hrnet weights present, ``bench/validity_real.py DIR
 --backend hrnet --export F`` writes the hrnet file and this prints hrnet's constants.
 
@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import real_export as rx  # noqa: E402
 
-from kohya_ext import score as score_mod  # noqa: E402
+from kohya_ext import similarity  # noqa: E402
 from kohya_ext.ratios import RATIO_NAMES, UNAVAILABLE  # noqa: E402
-from kohya_ext.report import CopyGate, _nearest_other, reference_face_hashes, reference_hashes, sample_hashes  # noqa: E402
+from kohya_ext.comparison import CopyGate, _nearest_other, reference_face_hashes, reference_hashes, sample_hashes  # noqa: E402
 
 GEOMETRY_MIN = 0.125
 GRID = {"geometry": (0.125, 0.25, 0.5), "eyes": (1.0, 1.5, 2.0), "hair_hist": (3.0, 4.0, 6.0, 8.0)}
@@ -115,22 +115,22 @@ def main() -> None:
     print("ratio signal-to-noise (tune, pooled over presentations):", {k: round(v, 2) for k, v in snr.items()})
     rel = {k: v / sum(snr.values()) for k, v in snr.items()}  # shares of the geometry part
 
-    saved = (dict(score_mod.BACKEND_RATIO_WEIGHTS.get(backend, {})), dict(score_mod.BACKEND_COLOR_WEIGHTS.get(backend, {})))
+    saved = (dict(similarity.BACKEND_RATIO_WEIGHTS.get(backend, {})), dict(similarity.BACKEND_COLOR_WEIGHTS.get(backend, {})))
     grid = QUICK_GRID if args.quick else GRID
     rows = []
     for geo, eyes, hist in itertools.product(grid["geometry"], grid["eyes"], grid["hair_hist"]):
-        score_mod.BACKEND_RATIO_WEIGHTS[backend] = {k: round(geo * v, 3) for k, v in rel.items()}
-        score_mod.BACKEND_COLOR_WEIGHTS[backend] = {"hair": 1.0, "eyes": eyes, "hair_hist": hist}
+        similarity.BACKEND_RATIO_WEIGHTS[backend] = {k: round(geo * v, 3) for k, v in rel.items()}
+        similarity.BACKEND_COLOR_WEIGHTS[backend] = {"hair": 1.0, "eyes": eyes, "hair_hist": hist}
         a = tune_auc(data, identity)
         rows.append((float(np.mean(list(a.values()))), geo, eyes, hist, a))
         print(f"  geometry {geo} eyes {eyes} hair_hist {hist}: tune AUC n=4 mean {rows[-1][0]:.3f} "
               + " ".join(f"{p} {v:.3f}" for p, v in a.items()), flush=True)
-    score_mod.BACKEND_RATIO_WEIGHTS[backend], score_mod.BACKEND_COLOR_WEIGHTS[backend] = saved
+    similarity.BACKEND_RATIO_WEIGHTS[backend], similarity.BACKEND_COLOR_WEIGHTS[backend] = saved
     top = max(r[0] for r in rows)
     best = max((r for r in rows if r[0] >= top - AUC_TIE), key=lambda r: (r[1], r[0]))
     _, geo, eyes, hist, _ = best
     print(f"\nbest: geometry {geo}, eyes {eyes}, hair_hist {hist} (tune AUC n=4 mean {best[0]:.3f})\n")
-    print("# kohya_ext/score.py")
+    print("# kohya_ext/similarity.py")
     print(f'BACKEND_RATIO_WEIGHTS["{backend}"] = {{' + ", ".join(f'"{k}": {geo * v:.3f}' for k, v in rel.items()) + "}")
     print(f'BACKEND_COLOR_WEIGHTS["{backend}"] = {{"hair": 1.0, "eyes": {eyes}, "hair_hist": {hist}}}')
 
@@ -148,7 +148,7 @@ def main() -> None:
     nn = np.array(gd["nn_q25"]["img"])
     relative = int(100 * limits["img"] / float(nn.min())) / 100 if len(nn) else None  # the cap binds on no tune set
     print(f"reference sets' 25th-percentile distinct distance (drawn/windows): median {np.median(nn):.0f}, min {nn.min():.0f} -> relative {relative}")
-    print("\n# kohya_ext/report.py")
+    print("\n# kohya_ext/comparison.py")
     print(f"MEMORIZATION_HAMMING = {limits['img']}")
     if "face" in limits:
         print(f"MEMORIZATION_FACE_HAMMING = {limits['face']}")

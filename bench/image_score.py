@@ -43,7 +43,7 @@ from kohya_ext.image_score import DEFAULT_THRESHOLD, image_score  # noqa: E402
 from kohya_ext.measure import ImageMeasurement  # noqa: E402
 from kohya_ext.ratios import ExclusionRules  # noqa: E402
 from kohya_ext.reference import ReferenceStats  # noqa: E402
-from kohya_ext.report import compare  # noqa: E402
+from kohya_ext.comparison import compare  # noqa: E402
 
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 

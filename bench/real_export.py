@@ -181,19 +181,19 @@ def gate_rates(sets: dict, chars: list[str], gate_for, evals=(4, 8), memorizatio
 
 
 def shipped_gate_for(refs):
-    """The copy gate exactly as kohya_ext.report.compare applies it to a reference set."""
+    """The copy gate exactly as kohya_ext.comparison.compare applies it to a reference set."""
     from types import SimpleNamespace
 
-    from kohya_ext.report import CopyGate, reference_face_hashes, reference_hashes, reference_thresholds
+    from kohya_ext.comparison import CopyGate, reference_face_hashes, reference_hashes, reference_thresholds
 
     rs = SimpleNamespace(measurements=refs)
     return CopyGate(reference_hashes(rs), reference_face_hashes(rs), *reference_thresholds(rs)).is_copy
 
 
 def shipped_score(identity: dict, colors: bool = True):
-    """The shipped score through kohya_ext.report.compare; ``colors=False``: geometry only (colours dropped)."""
+    """The shipped score through kohya_ext.comparison.compare; ``colors=False``: geometry only (colours dropped)."""
     from kohya_ext.reference import ReferenceStats
-    from kohya_ext.report import compare
+    from kohya_ext.comparison import compare
 
     rules = ExclusionRules().as_dict()
     memo: dict = {}

@@ -1,7 +1,7 @@
 """Candidate score formulas for the real-drawing benchmark (levers measured on the tune half).
 
 A Formula turns reference and sample measurements into d (lower = more alike) and
-a score detection x exp(-d^2/2), like kohya_ext.score, with switches for each lever:
+a score detection x exp(-d^2/2), like kohya_ext.similarity, with switches for each lever:
 set centre (mean / median / trimmed mean), spread (std / MAD), population floor,
 ratio weights, colour parts and their spreads, face-region colour histograms
 (kohya_ext.color.face_histogram, when measured), and how detection enters.

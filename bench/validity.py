@@ -39,8 +39,8 @@ from kohya_ext.measure import ImageMeasurement, measure_faces
 from kohya_ext.phash import copy_hashes, hamming
 from kohya_ext.ratios import RATIO_NAMES, ExclusionRules, compute_ratios
 from kohya_ext.reference import POPULATION_STD, ReferenceStats
-from kohya_ext.report import MEMORIZATION_FACE_HAMMING, MEMORIZATION_HAMMING, compare, is_near_copy, reference_face_hashes, reference_hashes
-from kohya_ext.score import BACKEND_RATIO_WEIGHTS
+from kohya_ext.comparison import MEMORIZATION_FACE_HAMMING, MEMORIZATION_HAMMING, compare, is_near_copy, reference_face_hashes, reference_hashes
+from kohya_ext.similarity import BACKEND_RATIO_WEIGHTS
 
 TILE = 512
 CACHE_VERSION = 1
@@ -432,9 +432,9 @@ V1_WEIGHTS = tuple(0.5 if r == "mouth_width_ratio" else 1.0 for r in NVXS_RATIOS
 
 
 class Production:
-    """The shipped formula, through kohya_ext.report.compare (what users get)."""
+    """The shipped formula, through kohya_ext.comparison.compare (what users get)."""
 
-    name = "shipped (kohya_ext.report.compare)"
+    name = "shipped (kohya_ext.comparison.compare)"
 
     def __init__(self, identity: dict):
         self.identity = identity
@@ -581,7 +581,7 @@ MEM_THRESHOLDS = (32, 40, 48, 56)
 
 
 def memorisation(half: Half, mode: str, thresholds=MEM_THRESHOLDS) -> dict[str, list[float]]:
-    """Per-image flag rates of kohya_ext.report.is_near_copy per limit T, each character's training image = its original.
+    """Per-image flag rates of kohya_ext.comparison.is_near_copy per limit T, each character's training image = its original.
 
     mode: "image" (drawn-area/window hashes <= T), "face" (face-window hash <= T) or
     "either" (drawn-area/window hashes <= MEMORIZATION_HAMMING or face hash <= T: what compare() does,
@@ -664,7 +664,7 @@ V2_WEIGHTS_OLD_RATIOS = (0.42, 0.70, 1.0, 0.90, 0.66, 0.53)
 
 
 def snr_weights(noise: dict[str, tuple[float, float]], names: tuple[str, ...]) -> tuple[float, ...]:
-    """Across-character std / within-character std per ratio, scaled to max 1 (how score.py's weights are set)."""
+    """Across-character std / within-character std per ratio, scaled to max 1 (how similarity.py's weights are set)."""
     snr = np.array([noise[n][1] / noise[n][0] for n in names])
     return tuple(float(v) for v in np.round(snr / snr.max(), 2))
 

@@ -27,13 +27,13 @@ from types import SimpleNamespace  # noqa: E402
 from kohya_ext.measure import ImageMeasurement  # noqa: E402
 from kohya_ext.ratios import ExclusionRules  # noqa: E402
 from kohya_ext.reference import ReferenceStats  # noqa: E402
-from kohya_ext.report import compare, is_near_copy, reference_face_hashes, reference_hashes  # noqa: E402
+from kohya_ext.comparison import compare, is_near_copy, reference_face_hashes, reference_hashes  # noqa: E402
 
 BLOCK_SIZES = (4, 8)
 
 
 def shipped_score(identity: dict, colors: bool = True):
-    """The shipped score through kohya_ext.report.compare (geometry only: colours dropped on both sides)."""
+    """The shipped score through kohya_ext.comparison.compare (geometry only: colours dropped on both sides)."""
     rules = ExclusionRules().as_dict()
 
     def strip(ms):
@@ -58,16 +58,16 @@ def shipped_score(identity: dict, colors: bool = True):
 
 
 def shipped_gate():
-    """The copy gate as compare() applies it (kohya_ext.report: hashes, limits of the reference set)."""
+    """The copy gate as compare() applies it (kohya_ext.comparison: hashes, limits of the reference set)."""
     memo = {}
-    import kohya_ext.report as rp
+    import kohya_ext.comparison as comparison
 
     def g(m, ref):
         k = tuple(id(x) for x in ref)
         if k not in memo:
             rs = SimpleNamespace(measurements=ref, phashes=[x.phash for x in ref if x.phash])
-            if hasattr(rp, "CopyGate"):
-                memo[k] = rp.CopyGate(reference_hashes(rs), reference_face_hashes(rs), *rp.reference_thresholds(rs)).is_copy
+            if hasattr(comparison, "CopyGate"):
+                memo[k] = comparison.CopyGate(reference_hashes(rs), reference_face_hashes(rs), *comparison.reference_thresholds(rs)).is_copy
             else:  # the landed code before issue 9 (baseline runs against that checkout)
                 hs = (reference_hashes(rs), reference_face_hashes(rs))
                 memo[k] = lambda x, hs=hs: is_near_copy(x, *hs)

@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Scorer": "scorer", "load_references": "scorer",
     "build_reference": "reference", "ReferenceStats": "reference",
-    "ConsistencyReport": "report", "compare": "report",
+    "ConsistencyReport": "report", "compare": "comparison",
     "BackendSpec": "backends", "BACKEND_NAMES": "backends",
     "KohyaExtError": "errors",
 }

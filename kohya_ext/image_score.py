@@ -1,6 +1,6 @@
 """Per-image consistency score: one image against the reference, for gating single generations.
 
-Contract (the set score's, kohya_ext.score, applied to one image):
+Contract (the set score's, kohya_ext.similarity, applied to one image):
 - higher is better, in [0, 1], never NaN or inf;
 - an image without a usable face scores 0 and fails, with the reason (``status``:
   no_face, face_too_small, face_too_turned, degenerate_landmarks, unreadable);
@@ -9,9 +9,9 @@ Contract (the set score's, kohya_ext.score, applied to one image):
   Scores of different versions are never compared.
 
 Definition (image v1): the set score of a set of one image,
-``kohya_ext.report.compare(reference, [image]).score``. The per-ratio z, the
+``kohya_ext.comparison.compare(reference, [image]).score``. The per-ratio z, the
 weights, the caps, the colour part and the detection factor are the set score's
-own (kohya_ext.report / kohya_ext.score), so this score follows every change of
+own (kohya_ext.comparison / kohya_ext.similarity), so this score follows every change of
 the set score's formula without code here. With one image the "sample mean" is
 that image's own ratio, so z measures how far this face sits from the reference
 mean in reference spreads; a same-character image therefore scores lower than a
@@ -29,7 +29,7 @@ from typing import Sequence
 
 from .measure import ImageMeasurement
 from .reference import ReferenceStats
-from .report import compare
+from .comparison import compare
 
 #: Bump when the definition above changes (not when the set score's formula does:
 #: its version is part of every per-image version string).

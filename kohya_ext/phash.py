@@ -182,7 +182,7 @@ def face_phash_scaled(image: np.ndarray, eye_left, eye_right) -> list[str] | Non
     return out
 
 
-#: Length of the copy gate's hashes (kohya_ext.report.is_near_copy): 256 bits (16x16 DCT of 64x64) separate
+#: Length of the copy gate's hashes (kohya_ext.comparison.is_near_copy): 256 bits (16x16 DCT of 64x64) separate
 #: copies from new drawings far better than the classic 64 on real drawings (docs/validity.md).
 GATE_BITS = 256
 #: Every window an image is hashed in (references use REFERENCE_WINDOWS, samples SAMPLE_WINDOWS), in this order.

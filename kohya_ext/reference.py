@@ -24,7 +24,7 @@ from .errors import BackendMismatchError, KohyaExtError
 from .io_utils import atomic_write_text
 from .measure import MEASUREMENT_VERSION, ImageMeasurement
 from .ratios import FORMULA_VERSION, RATIO_NAMES, UNAVAILABLE, ExclusionRules
-from .score import SCORE_VERSION
+from .similarity import SCORE_VERSION
 
 logger = logging.getLogger(__name__)
 

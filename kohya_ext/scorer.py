@@ -15,13 +15,14 @@ from typing import Sequence
 import numpy as np
 
 from .backends import BackendSpec
+from .comparison import compare
 from .datasets import ImageGroup, resolve_image_groups
 
 from .images import list_images
 from .measure import ImageMeasurement, measure_arrays, measure_files
 from .ratios import ExclusionRules
 from .reference import REFERENCE_FORMAT, ReferenceStats, build_reference
-from .report import ConsistencyReport, compare
+from .report import ConsistencyReport
 
 
 def is_reference_file(path: str | Path) -> bool:

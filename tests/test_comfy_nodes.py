@@ -30,7 +30,7 @@ from conftest import SHARED
 from kohya_ext.comfy import core
 from kohya_ext.errors import KohyaExtError
 from kohya_ext.image_score import IMAGE_SCORE_VERSION, image_score
-from kohya_ext.report import compare
+from kohya_ext.comparison import compare
 
 VENDOR = SHARED / "vendor"
 CHARACTER = 1  # a TADNE tile nvxs finds a face in (0, 8 and 34 have none)

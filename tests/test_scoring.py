@@ -16,7 +16,7 @@ from kohya_ext.errors import BackendMismatchError, KohyaExtError
 from kohya_ext.measure import ImageMeasurement, measure_arrays
 from kohya_ext.ratios import RATIO_NAMES
 from kohya_ext.reference import ReferenceStats, build_reference
-from kohya_ext.report import compare
+from kohya_ext.comparison import compare
 
 pytest.importorskip("animeface", reason="nvxs needs the animeface wheel (Linux x86-64)")
 

@@ -20,8 +20,8 @@ from kohya_ext.measure import ImageMeasurement, measure_arrays
 from kohya_ext.phash import FACE_REFERENCE_SCALES, GATE_BITS, content_box, copy_hashes, hamming, phash, phash_mirror
 from kohya_ext.ratios import ExclusionRules
 from kohya_ext.reference import ReferenceStats
-from kohya_ext.report import MEMORIZATION_HAMMING, compare, memorization_share, reference_face_hashes, reference_hashes
-from kohya_ext.score import consistency_score
+from kohya_ext.comparison import MEMORIZATION_HAMMING, compare, memorization_share, reference_face_hashes, reference_hashes
+from kohya_ext.similarity import consistency_score
 
 pytest.importorskip("animeface", reason="nvxs needs the animeface wheel (Linux x86-64)")
 
@@ -244,7 +244,7 @@ def test_gate_hashes_what_is_drawn_not_the_canvas():
     assert hamming(a["drawn"], copy_hashes(other)["drawn"]) > MEMORIZATION_HAMMING  # same canvas, other drawing
     # a 5 % crop of the drawing meets one of the reference windows
     crop = np.ascontiguousarray(drawing[10:, 10:])
-    from kohya_ext.report import CopyGate, reference_hashes
+    from kohya_ext.comparison import CopyGate, reference_hashes
 
     ref = ImageMeasurement(name="r", status="ok", drawn_hash=copy_hashes(drawing)["drawn"], drawn_hash_mirror=copy_hashes(drawing)["drawn_mirror"],
                            window_hashes=copy_hashes(drawing)["windows"])

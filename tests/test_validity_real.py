@@ -4,7 +4,7 @@ tests/data/validity_real_nvxs.json.gz holds derived measurements of bench/validi
 benchmark (20 characters of github:Sytwu/Anime-Face-Recognition, 16 reference + 32 new drawings each, four
 presentations, edited copies): per image its status, face box, nvxs points, colours, hair histogram and
 copy-gate hashes; no images. Ratios are recomputed from the points with the current formulas, scores go
-through kohya_ext.report.compare and the gate through kohya_ext.report's own functions, so a regression of
+through kohya_ext.comparison.compare and the gate through kohya_ext.comparison's own functions, so a regression of
 the formula, the weights, the colour parts or the gate fails here. Floors = the measured values
 (docs/validity.md) less a margin of about one character's worth; regenerate the file with
 ``python bench/validity_real.py DIR --export tests/data/validity_real_nvxs.json.gz`` when measurements change.

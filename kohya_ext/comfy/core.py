@@ -10,7 +10,7 @@ ComfyUI installation; kohya_ext.comfy.nodes wraps it in ComfyUI's node API.
   keyed by the source's file stats, so a queue run does not rebuild them.
 - Batches are measured once per (pixels, backend): the consistency node and the
   gate fed the same IMAGE output share the measurement.
-- The set score is kohya_ext.report.compare on the batch (the same number as
+- The set score is kohya_ext.comparison.compare on the batch (the same number as
   ``kohya-ext score`` on the same pixels); per-image scores are
   kohya_ext.image_score.
 """
@@ -32,13 +32,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..backends import BACKEND_NAMES, BackendSpec
+from ..comparison import compare
 from ..errors import KohyaExtError
 from ..image_score import ImageScore, image_scores
 from ..images import MIN_IMAGE_SIDE
 from ..measure import ImageMeasurement, measure_arrays, measure_files
 from ..ratios import ExclusionRules
 from ..reference import ReferenceStats
-from ..report import ConsistencyReport, compare
+from ..report import ConsistencyReport
 
 #: progress(done, total): called as work advances (ComfyUI's progress bar in the nodes)
 Progress = Callable[[int, int], None]

@@ -16,7 +16,7 @@ histogram distance (kohya_ext.color.hist_distance, "hair_hist"), all in referenc
 spread units. Per-backend weights (BACKEND_RATIO_WEIGHTS, BACKEND_COLOR_WEIGHTS)
 are printed by bench/fit_constants.py from a measurement file of
 bench/validity_real.py. Memorisation is NOT in the score: it is a separate gate
-(kohya_ext.report.memorization_share) reported beside it.
+(kohya_ext.comparison.memorization_share) reported beside it.
 """
 
 from __future__ import annotations
