@@ -19,7 +19,9 @@ Rules (docs/validity.md):
   the copies it is meant for and the 1st percentile of genuine new drawings (same and other characters), but at
   most 3/4 of the closest genuine new drawing seen; MEMORIZATION_RELATIVE = the drawn-area limit over the smallest
   25th-percentile distinct distance of the tune reference sets (so the cap binds on none of them, only on sets of
-  nearly identical drawings).
+  nearly identical drawings); MEMORIZATION_PLACED (the moved-onto-another-background search) = the midpoint between the
+  5th percentile of the copies it applies to and the 99.9th percentile of genuine new drawings (gate presentations
+  crossed).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import real_export as rx  # noqa: E402
 
 from kohya_ext import similarity  # noqa: E402
 from kohya_ext.ratios import RATIO_NAMES, UNAVAILABLE  # noqa: E402
-from kohya_ext.comparison import CopyGate, _nearest_other, reference_face_hashes, reference_hashes, sample_hashes  # noqa: E402
+from kohya_ext.comparison import CopyGate, _nearest_other, reference_face_hashes, reference_hashes, reference_placed, sample_hashes  # noqa: E402
 
 GEOMETRY_MIN = 0.125
 GRID = {"geometry": (0.125, 0.25, 0.5), "eyes": (1.0, 1.5, 2.0), "hair_hist": (3.0, 4.0, 6.0, 8.0)}
@@ -100,6 +102,23 @@ def gate_distances(data: rx.Loaded) -> dict:
     return out
 
 
+def placed_similarities(data: rx.Loaded) -> tuple[np.ndarray, np.ndarray]:
+    """Tune half: the placed-copy search's best similarity for the copies it is meant for (any copy where one side has a
+    plain canvas and the other not) and for genuine new drawings of every gate presentation against the references of
+    every gate presentation (same and other characters)."""
+    copies, genuine = [], []
+    chars = data.halves["tune"]
+    for ref_p in data.gate_presentations:
+        gates = {a: CopyGate([], [], reference_placed=reference_placed(data.sets[ref_p][a]["refs"])) for a in chars}
+        for a in chars:
+            for ms in data.sets[ref_p][a]["copies"].values():
+                copies += [v for m in ms if (v := gates[a].placed_similarity(m)) is not None]
+            for smp_p in data.gate_presentations:
+                for c in chars:
+                    genuine += [v for m in data.sets[smp_p][c]["new"] if (v := gates[a].placed_similarity(m)) is not None]
+    return np.array(copies), np.array(genuine)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", type=Path)
@@ -148,11 +167,20 @@ def main() -> None:
     nn = np.array(gd["nn_q25"]["img"])
     relative = int(100 * limits["img"] / float(nn.min())) / 100 if len(nn) else None  # the cap binds on no tune set
     print(f"reference sets' 25th-percentile distinct distance (drawn/windows): median {np.median(nn):.0f}, min {nn.min():.0f} -> relative {relative}")
+    pc, pg = placed_similarities(data)
+    placed = None
+    if len(pc) and len(pg):
+        c05, g999 = float(np.percentile(pc, 5)), float(np.percentile(pg, 99.9))
+        placed = round((c05 + g999) / 2, 2)  # the midpoint; the few genuine drawings above it are same-artist near-variants
+        print(f"placed copies ({len(pc)}): 5th pct {c05:.3f}, min {pc.min():.3f}; genuine new drawings ({len(pg)}): "
+              f"99th pct {np.percentile(pg, 99):.3f}, 99.9th {g999:.3f}, max {pg.max():.3f} -> limit {placed}")
     print("\n# kohya_ext/comparison.py")
     print(f"MEMORIZATION_HAMMING = {limits['img']}")
     if "face" in limits:
         print(f"MEMORIZATION_FACE_HAMMING = {limits['face']}")
     print(f"MEMORIZATION_RELATIVE = {relative}")
+    if placed is not None:
+        print(f"MEMORIZATION_PLACED = {placed}")
     print(f"\n{time.time() - t0:.0f} s", file=sys.stderr)
 
 

@@ -164,6 +164,15 @@ class Bench:
         return out
 
 
+    def cross_rates(self, half: str, sample_s: Setting, ref_s: Setting, g: Callable) -> dict[str, float]:
+        """False alarms of g on genuine new drawings of one presentation against references of another
+        (a character sheet on white scored against training scenes, and the reverse)."""
+        chars = self.halves[half].chars
+        same = [bool(g(m, self.refs(a, ref_s))) for a in chars for m in self.new(a, sample_s)]
+        other = [bool(g(m, self.refs(a, ref_s))) for a in chars for c in chars if c.name != a.name for m in self.new(c, sample_s)]
+        return {"new drawings, same character": float(np.mean(same)), "new drawings, other characters": float(np.mean(other))}
+
+
 def gate_summary(r: dict[str, float]) -> dict[str, float]:
     """The issue's targets: false alarms (same, other), copies caught per group (mean over the group's edits)."""
     out = {"false alarms, same character": r["new drawings, same character"], "false alarms, other characters": r["new drawings, other characters"]}

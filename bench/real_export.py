@@ -1,13 +1,15 @@
 """Derived measurements of the real-drawing benchmark: written by bench/validity_real.py --export, read by
-bench/fit_constants.py and tests/test_validity_real.py (offline CI floors). No images, no thumbnails:
-per image its status, face box, landmark points, colours, hair histogram and copy-gate hashes.
+bench/fit_constants.py and tests/test_validity_real.py (offline CI floors). No images: per image its
+status, face box, landmark points, colours, hair histogram, copy-gate hashes and (gate presentations) the
+64/48-px greyscale thumbnail of kohya_ext.placed_copy.
 
 File (JSON, gzip): {"format": "kohya-ext-validity-real", "version": 1, "backend": identity, "chain": detection,
 "measurement_version", "halves": {"tune": [names], "report": [names]}, "presentations", "gate_presentations",
 "copy_edits", "images": {presentation: {character: {"refs": [m...], "new": [m...], "copies": {edit: [m...]}}}}}.
 A compact measurement m holds only what the score and the gate read; ratios are recomputed from the points
 with the current formulas (kohya_ext.ratios), so a formula change is tested too. Copies and copy-gate hashes
-are kept for ``gate_presentations`` only (size).
+are kept for ``gate_presentations`` only, placed-copy thumbnails (size) for the references, the copies the search
+applies to (one side on a plain canvas, the other not) and the first THUMB_NEW new drawings of each character.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from kohya_ext.measure import ImageMeasurement
 from kohya_ext.phash import REFERENCE_WINDOW_INDEX, SAMPLE_WINDOW_INDEX, WINDOWS
 from kohya_ext.ratios import RATIO_NAMES, ExclusionRules, compute_ratios
 
+#: new drawings per character that keep their placed-copy thumbnail (the cross-background false-alarm test)
+THUMB_NEW = 8
 FORMAT = "kohya-ext-validity-real"
 VERSION = 1
 
@@ -31,8 +35,8 @@ def _hist(h):
     return None if h is None else {str(i): int(round(1000 * v)) for i, v in enumerate(h) if round(1000 * v)}
 
 
-def compact(m: ImageMeasurement, role: str, gate: bool) -> dict:
-    """role: "ref" or "sample" (what the copy gate reads of it differs)."""
+def compact(m: ImageMeasurement, role: str, gate: bool, thumb: bool = True) -> dict:
+    """role: "ref" or "sample" (what the copy gate reads of it differs); thumb: keep the placed-copy thumbnail."""
     d: dict = {"s": m.status}
     if m.face_box is not None and m.points is not None:
         d["b"] = [round(float(v), 1) for v in m.face_box]
@@ -52,6 +56,8 @@ def compact(m: ImageMeasurement, role: str, gate: bool) -> dict:
             d["g"] = [m.drawn_hash] + [wins[i] for i in SAMPLE_WINDOW_INDEX]
             if m.face_phash:
                 d["f"] = [m.face_phash]
+        if m.placed and thumb:
+            d["t"] = m.placed
     return d
 
 
@@ -90,6 +96,7 @@ def expand(d: dict, role: str, name: str = "") -> ImageMeasurement:
             if "f" in d:
                 m.face_phash = d["f"][0]
         m.window_hashes = wins
+        m.placed = d.get("t")
     return m
 
 
@@ -180,14 +187,22 @@ def gate_rates(sets: dict, chars: list[str], gate_for, evals=(4, 8), memorizatio
     return out
 
 
+def cross_rates(sample_sets: dict, ref_sets: dict, chars: list[str], gate_for) -> dict[str, float]:
+    """False alarms on genuine new drawings of one presentation (``sample_sets``) against references of another."""
+    gates = {a: gate_for(ref_sets[a]["refs"]) for a in chars}
+    same = [bool(gates[a](m)) for a in chars for m in sample_sets[a]["new"]]
+    other = [bool(gates[a](m)) for a in chars for c in chars if c != a for m in sample_sets[c]["new"]]
+    return {"new drawings, same character": float(np.mean(same)), "new drawings, other characters": float(np.mean(other))}
+
+
 def shipped_gate_for(refs):
     """The copy gate exactly as kohya_ext.comparison.compare applies it to a reference set."""
     from types import SimpleNamespace
 
-    from kohya_ext.comparison import CopyGate, reference_face_hashes, reference_hashes, reference_thresholds
+    from kohya_ext.comparison import CopyGate, reference_face_hashes, reference_hashes, reference_placed, reference_thresholds
 
     rs = SimpleNamespace(measurements=refs)
-    return CopyGate(reference_hashes(rs), reference_face_hashes(rs), *reference_thresholds(rs)).is_copy
+    return CopyGate(reference_hashes(rs), reference_face_hashes(rs), *reference_thresholds(rs), reference_placed(rs)).is_copy
 
 
 def shipped_score(identity: dict, colors: bool = True):

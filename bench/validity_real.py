@@ -67,7 +67,8 @@ def shipped_gate():
         if k not in memo:
             rs = SimpleNamespace(measurements=ref, phashes=[x.phash for x in ref if x.phash])
             if hasattr(comparison, "CopyGate"):
-                memo[k] = comparison.CopyGate(reference_hashes(rs), reference_face_hashes(rs), *comparison.reference_thresholds(rs)).is_copy
+                memo[k] = comparison.CopyGate(reference_hashes(rs), reference_face_hashes(rs), *comparison.reference_thresholds(rs),
+                                              reference_placed=comparison.reference_placed(rs)).is_copy
             else:  # the landed code before issue 9 (baseline runs against that checkout)
                 hs = (reference_hashes(rs), reference_face_hashes(rs))
                 memo[k] = lambda x, hs=hs: is_near_copy(x, *hs)
@@ -105,6 +106,17 @@ def print_tables(bench: ev.Bench, identity: dict, title: str, mode: str = "plain
     print("| rate | " + " | ".join(f"{p} {h}" for p, h in cols) + " |\n|---|" + "---|" * len(cols))
     for k in rows[cols[0]]:
         print(f"| {k} | " + " | ".join(ev.fmt(rows[c][k]) for c in cols) + " |")
+    print(f"\n### {title}: copy gate across backgrounds (genuine new drawings of one presentation against references of another)\n")
+    pairs = [(smp, ref) for smp, ref in CROSS_PAIRS if smp in rd.PRESENTATIONS and ref in rd.PRESENTATIONS]
+    rows = {(smp, ref, half): bench.cross_rates(half, ev.Setting(smp, mode), ev.Setting(ref, mode), g) for smp, ref in pairs for half in ("tune", "report")}
+    cols = list(rows)
+    print("| rate | " + " | ".join(f"{smp} vs {ref} refs, {h}" for smp, ref, h in cols) + " |\n|---|" + "---|" * len(cols))
+    for k in rows[cols[0]]:
+        print(f"| {k} | " + " | ".join(ev.fmt(rows[c][k]) for c in cols) + " |")
+
+
+#: (sample presentation, reference presentation) pairs of the cross-background false-alarm table
+CROSS_PAIRS = (("white", "busy"), ("busy", "white"))
 
 
 def keys_for(chars, copies: int):
@@ -146,10 +158,13 @@ def export(path: Path, bench: ev.Bench, chain: str, identity: dict, gate_present
         images[pres] = {}
         for half in ("tune", "report"):
             for c in bench.halves[half].chars:
-                d = {"refs": [rx.compact(m, "ref", gate) for m in bench.refs(c, s)],
-                     "new": [rx.compact(m, "sample", gate) for m in bench.new(c, s)]}
+                refs = bench.refs(c, s)
+                d = {"refs": [rx.compact(m, "ref", gate) for m in refs],
+                     "new": [rx.compact(m, "sample", gate, i < rx.THUMB_NEW) for i, m in enumerate(bench.new(c, s))]}
                 if gate:
-                    d["copies"] = {e: [rx.compact(m, "sample", True) for m in bench.copy(c, s, e)[:copies]] for e in rd.COPY_EDITS}
+                    searched = lambda m, r: bool(m.placed and r.placed) and ("drawn" in m.placed) != ("drawn" in r.placed)
+                    d["copies"] = {e: [rx.compact(m, "sample", True, searched(m, r)) for m, r in zip(bench.copy(c, s, e)[:copies], refs)]
+                                   for e in rd.COPY_EDITS}
                 images[pres][c.name] = d
     meta = {"backend": identity, "chain": chain, "measurement_version": MEASUREMENT_VERSION,
             "source": "github:Sytwu/Anime-Face-Recognition face_dataset (bench/real_data.py selection)",

@@ -10,6 +10,7 @@ import numpy as np
 from .color import color_distances, hist_distance
 from .measure import ImageMeasurement
 from .phash import REFERENCE_WINDOW_INDEX, SAMPLE_WINDOW_INDEX
+from .placed_copy import best_placed_similarity
 from .ratios import RATIO_NAMES
 from .reference import ReferenceStats, ratio_statistics, spread, summarize_counts
 from .report import ConsistencyReport, RatioComparison
@@ -25,6 +26,10 @@ from .similarity import consistency_score, geometry_distance, score_version
 MEMORIZATION_HAMMING = 52
 MEMORIZATION_FACE_HAMMING = 44
 MEMORIZATION_RELATIVE = 0.6
+#: ... OR, for a sample on a plain canvas and a training image without one (or the reverse), the drawn area
+#: found in the other image with at least this masked correlation (kohya_ext.placed_copy: a drawing moved
+#: onto another background). Chosen like the limits above (bench/fit_constants.py).
+MEMORIZATION_PLACED = 0.89
 
 
 def _refs(reference) -> list:
@@ -48,6 +53,11 @@ def reference_face_hashes(reference) -> list[str]:
         out += [h for h in (getattr(m, "face_phash", None), getattr(m, "face_phash_mirror", None)) if h]
         out += getattr(m, "face_phash_scaled", None) or []
     return out
+
+
+def reference_placed(reference) -> list[dict]:
+    """The training images' kohya_ext.placed_copy thumbnails, where kept."""
+    return [p for m in _refs(reference) if (p := getattr(m, "placed", None))]
 
 
 def sample_hashes(sample: ImageMeasurement) -> list[str]:
@@ -107,8 +117,10 @@ class CopyGate:
     """The copy gate against one set of training-image hashes (arrays built once; is_near_copy per sample)."""
 
     def __init__(self, reference_hashes: list[str], reference_face_hashes: list[str] | None = None,
-                 max_bits: int = MEMORIZATION_HAMMING, max_face_bits: int = MEMORIZATION_FACE_HAMMING):
+                 max_bits: int = MEMORIZATION_HAMMING, max_face_bits: int = MEMORIZATION_FACE_HAMMING,
+                 reference_placed: list[dict] | None = None, min_placed: float = MEMORIZATION_PLACED):
         self.max_bits, self.max_face_bits = max_bits, max_face_bits
+        self.placed, self.min_placed = reference_placed or [], min_placed
         self.ref = self._by_len(reference_hashes)
         self.face = self._by_len(reference_face_hashes or [])
 
@@ -135,9 +147,16 @@ class CopyGate:
         fh = getattr(sample, "face_phash", None)
         return self._min(sample_hashes(sample), self.ref), self._min([fh] if fh else [], self.face)
 
+    def placed_similarity(self, sample: ImageMeasurement) -> float | None:
+        """The sample's drawn area found in a training image, or a training drawing found in the sample (placed_copy)."""
+        return best_placed_similarity(getattr(sample, "placed", None), self.placed) if self.placed else None
+
     def is_copy(self, sample: ImageMeasurement) -> bool:
         d, f = self.distances(sample)
-        return (d is not None and d <= self.max_bits) or (f is not None and f <= self.max_face_bits)
+        if (d is not None and d <= self.max_bits) or (f is not None and f <= self.max_face_bits):
+            return True
+        p = self.placed_similarity(sample)
+        return p is not None and p >= self.min_placed
 
 
 def is_near_copy(
@@ -157,6 +176,7 @@ def memorization_share(
     max_bits: int = MEMORIZATION_HAMMING,
     reference_face_hashes: list[str] | None = None,
     max_face_bits: int = MEMORIZATION_FACE_HAMMING,
+    reference_placed: list[dict] | None = None,
 ) -> float | None:
     """Share of readable samples that are near-copies of some training image (is_near_copy).
 
@@ -167,7 +187,7 @@ def memorization_share(
     readable = [m for m in samples if getattr(m, "drawn_hash", None)]
     if not readable or not (reference_hashes or reference_face_hashes):
         return None
-    gate = CopyGate(reference_hashes, reference_face_hashes, max_bits, max_face_bits)
+    gate = CopyGate(reference_hashes, reference_face_hashes, max_bits, max_face_bits, reference_placed)
     return sum(gate.is_copy(m) for m in readable) / len(readable)
 
 
@@ -211,7 +231,8 @@ def compare(reference: ReferenceStats, samples: list[ImageMeasurement], sample_i
         geometry_distance=geometry_distance(zs, backend),
         detection_rate=detection_rate,
         mean_landmark_confidence=float(np.mean(confs)) if confs else None,
-        memorization=memorization_share(samples, reference_hashes(reference), t_img, reference_face_hashes(reference), t_face),
+        memorization=memorization_share(samples, reference_hashes(reference), t_img, reference_face_hashes(reference), t_face,
+                                        reference_placed(reference)),
         reference_counts=reference.counts,
         sample_counts=counts,
         ratios=comps,

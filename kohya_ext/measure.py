@@ -20,13 +20,15 @@ from .images import load_image
 from .errors import ImageError
 from .color import eye_centers, face_histogram, measure_colors
 from .phash import copy_hashes, phash, phash_mirror
+from .placed_copy import placed_thumb
 from .ratios import RATIO_NAMES, ExclusionRules, compute_ratios
 
 logger = logging.getLogger(__name__)
 
 #: Bump when what a measurement holds changes (keys the on-disk cache; references of an older version are refused).
 #: 4: copy-gate hashes of the drawn area and its windows, 256-bit face hashes, hair colour histogram (issue 9).
-MEASUREMENT_VERSION = 4
+#: 5: the drawn area or the whole image kept small for the moved-onto-another-background search (kohya_ext.placed_copy).
+MEASUREMENT_VERSION = 5
 
 #: Status of one image. Only "ok" images contribute ratios.
 STATUSES = ("ok", "unreadable", "no_face", "face_too_small", "face_too_turned", "degenerate_landmarks")
@@ -65,6 +67,8 @@ class ImageMeasurement:
     face_phash_mirror: str | None = None
     #: the same window hashed at kohya_ext.phash.FACE_REFERENCE_SCALES (+ mirrors): used when this image is a reference
     face_phash_scaled: list[str] | None = None
+    #: kohya_ext.placed_copy.placed_thumb: the drawn area (on a plain canvas) or the whole image, small
+    placed: dict | None = None
     colors: dict[str, list[float]] | None = None
     #: colour histogram of the hair region (kohya_ext.color.face_histogram, HIST_BINS bins, sums to 1)
     hair_hist: list[float] | None = None
@@ -101,6 +105,7 @@ def measure_faces(
         ch = copy_hashes(img, eyes)
         m.drawn_hash, m.drawn_hash_mirror, m.window_hashes = ch["drawn"], ch["drawn_mirror"], ch["windows"]
         m.face_phash, m.face_phash_mirror, m.face_phash_scaled = ch["face"], ch["face_mirror"], ch["face_scaled"]
+        m.placed = placed_thumb(img)
         if face is not None:
             primaries.append((len(out), face))
             m.face_score = float(face.score)

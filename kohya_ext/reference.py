@@ -207,7 +207,8 @@ class ReferenceStats:
             raise KohyaExtError(
                 f"{origin}: this reference was measured by an older kohya-ext (measurement version {mv}, score "
                 f"v{d.get('score_version', 3)}); this kohya-ext scores with v{SCORE_VERSION} (real-drawing weights, hair colour "
-                f"histograms, a copy gate on drawn-area and face hashes), which needs measurement version {MEASUREMENT_VERSION}: "
+                f"histograms, a copy gate on drawn-area and face hashes and on drawings moved onto another background), "
+                f"which needs measurement version {MEASUREMENT_VERSION}: "
                 "rebuild the reference from its images (`kohya-ext reference DATA -o ref.json`, or pass the image folder instead of the ref.json)"
             )
         return cls(
