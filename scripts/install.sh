@@ -5,7 +5,7 @@
 # - anime-face-detector 0.1.0 declares Python >= 3.12 but runs on 3.10/3.11; on those, pip
 #   would silently pick the broken mmcv-era 0.0.9, so 0.1.0 is forced with --ignore-requires-python
 #   and --no-deps (its deps would replace sd-scripts' opencv-python and safetensors pins).
-# - cv2: kohya-ext itself never imports it; anime-face-detector's modules do. If some OpenCV
+# - cv2: anime-face-detector's modules and kohya-ext's copy gate (kohya_ext/placed_copy.py) use it. If some OpenCV
 #   (opencv-python from sd-scripts, or headless) already provides cv2, it is kept; otherwise
 #   opencv-python-headless is installed.
 # Usage: scripts/install.sh [--editable] [--test]
@@ -35,7 +35,7 @@ fi
 # Install kohya-ext without letting pip upgrade anything already present that satisfies our ranges.
 "$PY" -m pip install --upgrade-strategy only-if-needed $editable "$here$extras"
 if ! "$PY" -c "import cv2" 2>/dev/null; then
-  echo "no working cv2 found: installing opencv-python-headless (used by anime-face-detector)"
+  echo "no working cv2 found: installing opencv-python-headless (used by anime-face-detector and the copy gate)"
   "$PY" -m pip install "opencv-python-headless>=4.8"
 fi
 "$PY" -c "import cv2, kohya_ext; print('kohya-ext', kohya_ext.__version__, 'installed; cv2', cv2.__version__)"
