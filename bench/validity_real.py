@@ -22,63 +22,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import real_data as rd  # noqa: E402
 import real_eval as ev  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
-
-from kohya_ext.measure import ImageMeasurement  # noqa: E402
-from kohya_ext.ratios import ExclusionRules  # noqa: E402
-from kohya_ext.reference import ReferenceStats  # noqa: E402
-from kohya_ext.comparison import compare, is_near_copy, reference_face_hashes, reference_hashes  # noqa: E402
-
-BLOCK_SIZES = (4, 8)
-
-
-def shipped_score(identity: dict, colors: bool = True):
-    """The shipped score through kohya_ext.comparison.compare (geometry only: colours dropped on both sides)."""
-    rules = ExclusionRules().as_dict()
-
-    def strip(ms):
-        if colors:
-            return ms
-        out = []
-        for m in ms:
-            c = ImageMeasurement.from_dict(m.to_dict())
-            c.colors = None
-            out.append(c)
-        return out
-
-    memo: dict = {}
-
-    def f(ref, smp):
-        k = tuple(id(x) for x in ref)
-        if k not in memo:  # one ReferenceStats per reference set (compare caches its gate limits on it)
-            memo[k] = ReferenceStats(backend=identity, rules=rules, measurements=strip(ref))
-        return compare(memo[k], strip(smp)).score
-
-    return f
+import real_export as rx  # noqa: E402
 
 
 def shipped_gate():
-    """The copy gate as compare() applies it (kohya_ext.comparison: hashes, limits of the reference set)."""
+    """The copy gate as compare() applies it, g(sample, refs) (bench/real_export.shipped_gate_for, one gate per reference set)."""
     memo = {}
-    import kohya_ext.comparison as comparison
 
     def g(m, ref):
         k = tuple(id(x) for x in ref)
         if k not in memo:
-            rs = SimpleNamespace(measurements=ref, phashes=[x.phash for x in ref if x.phash])
-            if hasattr(comparison, "CopyGate"):
-                memo[k] = comparison.CopyGate(reference_hashes(rs), reference_face_hashes(rs), *comparison.reference_thresholds(rs),
-                                              reference_placed=comparison.reference_placed(rs)).is_copy
-            else:  # the landed code before issue 9 (baseline runs against that checkout)
-                hs = (reference_hashes(rs), reference_face_hashes(rs))
-                memo[k] = lambda x, hs=hs: is_near_copy(x, *hs)
+            memo[k] = rx.shipped_gate_for(ref)
         return memo[k](m)
 
     return g
 
 
 def print_tables(bench: ev.Bench, identity: dict, title: str, mode: str = "plain") -> None:
-    f, fg = shipped_score(identity), shipped_score(identity, colors=False)
+    f, fg = rx.shipped_score(identity), rx.shipped_score(identity, colors=False)
     print(f"\n### {title}: score (pairwise AUC, same vs other character; reference 16)\n")
     print("| presentation | half | AUC n=4 | AUC n=8 | geometry n=4 | geometry n=8 | worst characters (n=4) |\n|---|---|---|---|---|---|---|")
     for pres in rd.PRESENTATIONS:
@@ -148,7 +109,6 @@ def detect_all(args, chars, renderer, cache, retry_modes=RETRY_MODES) -> None:
 
 def export(path: Path, bench: ev.Bench, chain: str, identity: dict, gate_presentations: list[str], copies: int) -> None:
     """Derived measurements for CI and bench/fit_constants.py (bench/real_export.py): no images."""
-    import real_export as rx
     from kohya_ext.measure import MEASUREMENT_VERSION
 
     images: dict = {}
@@ -177,7 +137,7 @@ def export(path: Path, bench: ev.Bench, chain: str, identity: dict, gate_present
 
 
 def auc_by_n(bench: ev.Bench, identity: dict, chain: str, sizes=(1, 2, 4, 8, 16)) -> None:
-    f = shipped_score(identity)
+    f = rx.shipped_score(identity)
     print("\n### AUC against the number of new drawings per evaluation (reference 16)\n")
     print("| presentation | half | " + " | ".join(f"n={n}" for n in sizes) + " |\n|---|---|" + "---|" * len(sizes))
     for pres in rd.PRESENTATIONS:

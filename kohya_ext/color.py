@@ -53,6 +53,17 @@ def _region(image: np.ndarray, mid: np.ndarray, x: np.ndarray, y: np.ndarray, u:
     return image[y0:y1, x0:x1][inside]
 
 
+def _eye_frame(eye_left, eye_right) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
+    """The face frame the eyes set: midpoint, unit eye axis x, unit down-the-face y, eye distance; None under 4 px."""
+    el, er = np.asarray(eye_left, np.float64), np.asarray(eye_right, np.float64)
+    axis = er - el
+    ed = float(np.hypot(*axis))
+    if ed < 4:
+        return None
+    x = axis / ed
+    return (el + er) / 2, x, np.array([-x[1], x[0]]), ed
+
+
 def _iris(lab: np.ndarray) -> np.ndarray | None:
     """Iris colour of an eye region: the more colourful half of the pixels that are not outline or highlight."""
     if len(lab) < 4:
@@ -73,14 +84,10 @@ def face_colors(image: np.ndarray, eye_left: Sequence[float], eye_right: Sequenc
     |u| < 0.6, v -0.85..-0.4, minus pixels within dE 15 of the skin colour
     (a bare forehead is not hair).
     """
-    el, er = np.asarray(eye_left, np.float64), np.asarray(eye_right, np.float64)
-    axis = er - el
-    ed = float(np.hypot(*axis))
-    if ed < 4:
+    frame = _eye_frame(eye_left, eye_right)
+    if frame is None:
         return None
-    x = axis / ed
-    y = np.array([-x[1], x[0]])
-    mid = (el + er) / 2
+    mid, x, y, ed = frame
     irises = []
     for c in (-0.5, 0.5):
         px = _region(image, mid, x, y, (c - 0.14, c + 0.14), (-0.12, 0.12), ed)
@@ -169,14 +176,10 @@ def lab_bins(lab: np.ndarray) -> np.ndarray:
 
 def face_histogram(image: np.ndarray, eye_left, eye_right, regions=tuple(HIST_REGIONS)) -> dict[str, list[float]] | None:
     """Normalised Lab colour histograms (HIST_BINS bins) of face regions placed by the eyes; None when the eyes are < 4 px apart."""
-    el, er = np.asarray(eye_left, np.float64), np.asarray(eye_right, np.float64)
-    axis = er - el
-    ed = float(np.hypot(*axis))
-    if ed < 4:
+    frame = _eye_frame(eye_left, eye_right)
+    if frame is None:
         return None
-    x = axis / ed
-    y = np.array([-x[1], x[0]])
-    mid = (el + er) / 2
+    mid, x, y, ed = frame
     out = {}
     for name in regions:
         u, v = HIST_REGIONS[name]
