@@ -100,7 +100,8 @@ def _image_tensor(image: np.ndarray, index: int) -> torch.Tensor:
     a = np.asarray(image)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
         raise ImageError(f"image {index}: expected an RGB uint8 array (H, W, 3), got {a.dtype} {a.shape}")
-    return torch.from_numpy(np.ascontiguousarray(a))
+    # read-only arrays (PIL buffers, np.asarray of an Image) are copied: torch warns on non-writable memory
+    return torch.from_numpy(np.require(a, requirements=("C", "W")))
 
 
 # --- model preparation ---------------------------------------------------------------------
