@@ -2,6 +2,7 @@
 
 Usage:
     python bench/fit_constants.py tests/data/validity_real_nvxs.json.gz [--quick]
+    python bench/fit_constants.py LOCAL_FILE   # from validity_real.py --export LOCAL_FILE --export-thumbnails: also MEMORIZATION_PLACED
 
 Per backend (the file says which): prints the values to paste into kohya_ext/similarity.py
 (BACKEND_RATIO_WEIGHTS, BACKEND_COLOR_WEIGHTS) and kohya_ext/comparison.py (MEMORIZATION_*), with the
@@ -169,7 +170,9 @@ def main() -> None:
     print(f"reference sets' 25th-percentile distinct distance (drawn/windows): median {np.median(nn):.0f}, min {nn.min():.0f} -> relative {relative}")
     pc, pg = placed_similarities(data)
     placed = None
-    if len(pc) and len(pg):
+    if not len(pc):
+        print("no placed-copy thumbnails in this file (export with --export-thumbnails for MEMORIZATION_PLACED)")
+    elif len(pg):
         c05, g999 = float(np.percentile(pc, 5)), float(np.percentile(pg, 99.9))
         placed = round((c05 + g999) / 2, 2)  # the midpoint; the few genuine drawings above it are same-artist near-variants
         print(f"placed copies ({len(pc)}): 5th pct {c05:.3f}, min {pc.min():.3f}; genuine new drawings ({len(pg)}): "

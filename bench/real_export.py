@@ -1,15 +1,17 @@
 """Derived measurements of the real-drawing benchmark: written by bench/validity_real.py --export, read by
-bench/fit_constants.py and tests/test_validity_real.py (offline CI floors). No images: per image its
-status, face box, landmark points, colours, hair histogram, copy-gate hashes and (gate presentations) the
-64/48-px greyscale thumbnail of kohya_ext.placed_copy.
+bench/fit_constants.py and tests/test_validity_real.py (offline CI floors). No images, no thumbnails:
+per image its status, face box, landmark points, colours, hair histogram and copy-gate hashes. The copy
+gate's moved-drawing search (kohya_ext.placed_copy) works on small greyscale copies of the images, which
+are not committed for drawings without a licence: ``--export-thumbnails`` adds them to a local file for
+bench/fit_constants.py (never commit it); CI floors of the search come from the shared portraits
+(tests/test_placed_copy.py).
 
 File (JSON, gzip): {"format": "kohya-ext-validity-real", "version": 1, "backend": identity, "chain": detection,
 "measurement_version", "halves": {"tune": [names], "report": [names]}, "presentations", "gate_presentations",
 "copy_edits", "images": {presentation: {character: {"refs": [m...], "new": [m...], "copies": {edit: [m...]}}}}}.
 A compact measurement m holds only what the score and the gate read; ratios are recomputed from the points
 with the current formulas (kohya_ext.ratios), so a formula change is tested too. Copies and copy-gate hashes
-are kept for ``gate_presentations`` only, placed-copy thumbnails (size) for the references, the copies the search
-applies to (one side on a plain canvas, the other not) and the first THUMB_NEW new drawings of each character.
+are kept for ``gate_presentations`` only (size).
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from kohya_ext.measure import ImageMeasurement
 from kohya_ext.phash import REFERENCE_WINDOW_INDEX, SAMPLE_WINDOW_INDEX, WINDOWS
 from kohya_ext.ratios import RATIO_NAMES, ExclusionRules, compute_ratios
 
-#: new drawings per character that keep their placed-copy thumbnail (the cross-background false-alarm test)
-THUMB_NEW = 8
 FORMAT = "kohya-ext-validity-real"
 VERSION = 1
 
@@ -35,8 +35,8 @@ def _hist(h):
     return None if h is None else {str(i): int(round(1000 * v)) for i, v in enumerate(h) if round(1000 * v)}
 
 
-def compact(m: ImageMeasurement, role: str, gate: bool, thumb: bool = True) -> dict:
-    """role: "ref" or "sample" (what the copy gate reads of it differs); thumb: keep the placed-copy thumbnail."""
+def compact(m: ImageMeasurement, role: str, gate: bool, thumbnails: bool = False) -> dict:
+    """role: "ref" or "sample" (what the copy gate reads of it differs); thumbnails: keep kohya_ext.placed_copy's (local files only)."""
     d: dict = {"s": m.status}
     if m.face_box is not None and m.points is not None:
         d["b"] = [round(float(v), 1) for v in m.face_box]
@@ -56,7 +56,7 @@ def compact(m: ImageMeasurement, role: str, gate: bool, thumb: bool = True) -> d
             d["g"] = [m.drawn_hash] + [wins[i] for i in SAMPLE_WINDOW_INDEX]
             if m.face_phash:
                 d["f"] = [m.face_phash]
-        if m.placed and thumb:
+        if thumbnails and m.placed:
             d["t"] = m.placed
     return d
 
@@ -185,14 +185,6 @@ def gate_rates(sets: dict, chars: list[str], gate_for, evals=(4, 8), memorizatio
     for e, v in copies.items():
         out[f"copies: {e}"] = float(np.mean(v))
     return out
-
-
-def cross_rates(sample_sets: dict, ref_sets: dict, chars: list[str], gate_for) -> dict[str, float]:
-    """False alarms on genuine new drawings of one presentation (``sample_sets``) against references of another."""
-    gates = {a: gate_for(ref_sets[a]["refs"]) for a in chars}
-    same = [bool(gates[a](m)) for a in chars for m in sample_sets[a]["new"]]
-    other = [bool(gates[a](m)) for a in chars for c in chars if c != a for m in sample_sets[c]["new"]]
-    return {"new drawings, same character": float(np.mean(same)), "new drawings, other characters": float(np.mean(other))}
 
 
 def shipped_gate_for(refs):

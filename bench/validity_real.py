@@ -107,7 +107,8 @@ def detect_all(args, chars, renderer, cache, retry_modes=RETRY_MODES) -> None:
         cache.ensure(renderer, missed, mode=mode)
 
 
-def export(path: Path, bench: ev.Bench, chain: str, identity: dict, gate_presentations: list[str], copies: int) -> None:
+def export(path: Path, bench: ev.Bench, chain: str, identity: dict, gate_presentations: list[str], copies: int,
+           thumbnails: bool = False) -> None:
     """Derived measurements for CI and bench/fit_constants.py (bench/real_export.py): no images."""
     from kohya_ext.measure import MEASUREMENT_VERSION
 
@@ -118,13 +119,10 @@ def export(path: Path, bench: ev.Bench, chain: str, identity: dict, gate_present
         images[pres] = {}
         for half in ("tune", "report"):
             for c in bench.halves[half].chars:
-                refs = bench.refs(c, s)
-                d = {"refs": [rx.compact(m, "ref", gate) for m in refs],
-                     "new": [rx.compact(m, "sample", gate, i < rx.THUMB_NEW) for i, m in enumerate(bench.new(c, s))]}
+                d = {"refs": [rx.compact(m, "ref", gate, thumbnails) for m in bench.refs(c, s)],
+                     "new": [rx.compact(m, "sample", gate, thumbnails) for m in bench.new(c, s)]}
                 if gate:
-                    searched = lambda m, r: bool(m.placed and r.placed) and ("drawn" in m.placed) != ("drawn" in r.placed)
-                    d["copies"] = {e: [rx.compact(m, "sample", True, searched(m, r)) for m, r in zip(bench.copy(c, s, e)[:copies], refs)]
-                                   for e in rd.COPY_EDITS}
+                    d["copies"] = {e: [rx.compact(m, "sample", True, thumbnails) for m in bench.copy(c, s, e)[:copies]] for e in rd.COPY_EDITS}
                 images[pres][c.name] = d
     meta = {"backend": identity, "chain": chain, "measurement_version": MEASUREMENT_VERSION,
             "source": "github:Sytwu/Anime-Face-Recognition face_dataset (bench/real_data.py selection)",
@@ -163,6 +161,9 @@ def main() -> None:
     ap.add_argument("--export", type=Path, help="write the derived measurements (JSON, gzip) to this file")
     ap.add_argument("--gate-presentations", default="white,busy", help="presentations whose copies and gate hashes are exported")
     ap.add_argument("--export-copies", type=int, default=4, help="copies per character and edit in the export")
+    ap.add_argument("--export-thumbnails", action="store_true",
+                    help="also export the moved-drawing search's small greyscale copies (for bench/fit_constants.py; "
+                         "copies of the drawings: a local file, never commit it)")
     args = ap.parse_args()
     t0 = time.time()
     chars = rd.select(args.dir, args.refs, args.new)
@@ -200,7 +201,7 @@ def main() -> None:
         auc_by_n(bench, identity, chain)
     ms.save()
     if args.export:
-        export(args.export, bench, chain, identity, [p for p in args.gate_presentations.split(",") if p], args.export_copies)
+        export(args.export, bench, chain, identity, [p for p in args.gate_presentations.split(",") if p], args.export_copies, args.export_thumbnails)
     print(f"\n{time.time() - t0:.0f} s", file=sys.stderr)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import warnings
 from functools import lru_cache
 
@@ -23,8 +24,9 @@ from .phash import CANVAS_TOLERANCE, content_box
 SEARCH_SIDE = 64
 #: Longer side the drawn area is kept at (an image on a plain canvas).
 TEMPLATE_SIDE = 48
-#: Sizes of the drawn area inside the other image, relative to its size in its own image.
-SCALES = tuple(float(s) for s in np.linspace(0.6, 1.4, 17))
+#: Sizes of the drawn area inside the other image, relative to its size in its own image: every whole pixel size
+#: in this range is tried (the correlation falls by ~0.06 one pixel off the right size at ~38 px).
+SCALE_RANGE = (0.6, 1.4)
 #: Below this side (pixels at SEARCH_SIDE) a drawn area says too little to be matched.
 MIN_TEMPLATE_SIDE = 12
 
@@ -103,18 +105,20 @@ def placed_similarity(a: dict | None, b: dict | None) -> float | None:
         return None
     tmpl, search = _decoded(t["drawn"]), _decoded(s["whole"])
     best = None
-    for f in SCALES:
-        k = max(search.shape) * t["share"] * f / max(tmpl.shape)
+    base = max(search.shape) * t["share"]  # the drawn area's longer side at the same share of the other image
+    for side in range(math.ceil(SCALE_RANGE[0] * base), math.floor(SCALE_RANGE[1] * base) + 1):
+        k = side / max(tmpl.shape)
         tw, th = round(tmpl.shape[1] * k), round(tmpl.shape[0] * k)
-        if min(tw, th) < MIN_TEMPLATE_SIDE or th > search.shape[0] or tw > search.shape[1]:
+        # strictly smaller than the searched image: OpenCV 4.10 (sd-scripts' pin) fails on a masked template of its full width
+        if min(tw, th) < MIN_TEMPLATE_SIDE or th >= search.shape[0] or tw >= search.shape[1]:
             continue
         tm = _template(t["drawn"], t["mask"], tw, th)
         if tm is None:  # mostly canvas: nothing to match
             continue
-        if tm[1] is None:
-            r = cv2.matchTemplate(search, tm[0], cv2.TM_CCOEFF_NORMED)
-        else:
-            r = cv2.matchTemplate(search, tm[0], cv2.TM_CCOEFF_NORMED, mask=tm[1])
+        try:
+            r = cv2.matchTemplate(search, tm[0], cv2.TM_CCOEFF_NORMED, **({} if tm[1] is None else {"mask": tm[1]}))
+        except cv2.error:  # an OpenCV build that refuses this size: the other sizes still decide
+            continue
         r = r[np.isfinite(r)]
         if r.size:
             v = float(r.max())
