@@ -163,13 +163,13 @@ class Bench:
             out[f"copies: {e}"] = float(np.mean([bool(g(m, self.refs(a, s))) for a in chars for m in self.copy(a, s, e)]))
         return out
 
-
     def cross_rates(self, half: str, sample_s: Setting, ref_s: Setting, g: Callable) -> dict[str, float]:
         """False alarms of g on genuine new drawings of one presentation against references of another
         (a character sheet on white scored against training scenes, and the reverse)."""
         chars = self.halves[half].chars
-        same = [bool(g(m, self.refs(a, ref_s))) for a in chars for m in self.new(a, sample_s)]
-        other = [bool(g(m, self.refs(a, ref_s))) for a in chars for c in chars if c.name != a.name for m in self.new(c, sample_s)]
+        refs = {a.name: self.refs(a, ref_s) for a in chars}
+        same = [bool(g(m, refs[a.name])) for a in chars for m in self.new(a, sample_s)]
+        other = [bool(g(m, refs[a.name])) for a in chars for c in chars if c.name != a.name for m in self.new(c, sample_s)]
         return {"new drawings, same character": float(np.mean(same)), "new drawings, other characters": float(np.mean(other))}
 
 

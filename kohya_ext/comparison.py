@@ -16,7 +16,7 @@ from .reference import ReferenceStats, ratio_statistics, spread, summarize_count
 from .report import ConsistencyReport, RatioComparison
 from .similarity import consistency_score, geometry_distance, score_version
 
-#: Copy gate (memorisation), measurement version 4: a sample is a near-copy of a training image when the
+#: Copy gate (memorisation), measurement version 5: a sample is a near-copy of a training image when the
 #: 256-bit hash of its drawn area (a plain canvas trimmed) or of one of its kohya_ext.phash.SAMPLE_WINDOWS is
 #: within MEMORIZATION_HAMMING bits of a training image's drawn area (as is or mirrored) or of one of its
 #: REFERENCE_WINDOWS, OR its face-window hash within MEMORIZATION_FACE_HAMMING bits of a training face's (any of

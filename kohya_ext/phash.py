@@ -58,8 +58,9 @@ PLAIN_BORDER_SHARE = 0.9
 CANVAS_TOLERANCE = 12
 
 
-def content_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Bounding box (x0, y0, x1, y1) of what is drawn on a plain canvas; None when the border is not plain or nothing is trimmed.
+def drawn_area(image: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """What is drawn on a plain canvas: its bounding box (x0, y0, x1, y1) and, inside it, the mask of pixels off the
+    canvas colour; None when the border is not plain or nothing is trimmed.
 
     The canvas colour is the median of the image border; rows and columns with fewer
     than 1 % (at least 2) pixels off that colour are canvas.
@@ -80,7 +81,13 @@ def content_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
     x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
     if (x1 - x0) * (y1 - y0) > 0.95 * h * w or min(x1 - x0, y1 - y0) < 8:
         return None
-    return x0, y0, x1, y1
+    return (x0, y0, x1, y1), fg[y0:y1, x0:x1]
+
+
+def content_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box (x0, y0, x1, y1) of what is drawn on a plain canvas (drawn_area); None when there is no plain canvas."""
+    area = drawn_area(image)
+    return None if area is None else area[0]
 
 
 #: Shift-tolerant whole-image hashes: a reference image is also hashed in sub-windows (scale of each side, anchor),

@@ -2,7 +2,7 @@
 
 A sample that lifts a training drawing off its scene and puts it on a plain canvas (or the reverse)
 shares no whole-image or window hash with it: every hash also sees the background. Here the drawn
-area of the image that has a plain canvas (kohya_ext.phash.content_box) is searched for inside the
+area of the image that has a plain canvas (kohya_ext.phash.drawn_area) is searched for inside the
 other image, at several sizes, by masked normalised cross-correlation (OpenCV's matchTemplate) on
 small greyscale copies; only the drawn pixels count. Measured on real drawings in docs/validity.md.
 """
@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from .phash import CANVAS_TOLERANCE, content_box
+from .phash import drawn_area
 
 #: Longer side of the searched image (an image without a plain canvas), in pixels.
 SEARCH_SIDE = 64
@@ -55,16 +55,13 @@ def placed_thumb(image: np.ndarray) -> dict:
     ``{"whole": PNG}`` - the image at SEARCH_SIDE.
     """
     img = np.asarray(image)
-    box = content_box(img)
-    if box is None:
+    area = drawn_area(img)
+    if area is None:
         return {"whole": _png(_gray(img, SEARCH_SIDE))}
-    x0, y0, x1, y1 = box
-    sub = img[y0:y1, x0:x1]
-    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).astype(np.int16)
-    bg = np.median(border, axis=0)
-    drawn = (np.abs(sub.astype(np.int16) - bg).max(axis=2) > CANVAS_TOLERANCE).astype(np.uint8) * 255
+    (x0, y0, x1, y1), drawn = area
     h, w = img.shape[:2]
-    return {"drawn": _png(_gray(sub, TEMPLATE_SIDE)), "mask": _png(_gray(np.dstack([drawn] * 3), TEMPLATE_SIDE)),
+    mask = np.repeat(drawn.astype(np.uint8)[..., None] * 255, 3, axis=2)
+    return {"drawn": _png(_gray(img[y0:y1, x0:x1], TEMPLATE_SIDE)), "mask": _png(_gray(mask, TEMPLATE_SIDE)),
             "share": round(max((x1 - x0) / w, (y1 - y0) / h), 4)}
 
 
