@@ -47,6 +47,7 @@ setup(
         "torchvision>=0.15",
         "safetensors>=0.4",
         "huggingface_hub>=0.20",
+        "filelock>=3.0",  # measurement-cache merges between concurrent scorers; torch and huggingface_hub bring it too
         "tqdm>=4.60",
         "tomli>=1.1; python_version<'3.11'",
         "animeface==2.0.3; platform_system=='Linux' and platform_machine=='x86_64'",

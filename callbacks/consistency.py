@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kohya_ext.errors import KohyaExtError
-from kohya_ext.io_utils import atomic_write_text
+from kohya_ext.io_utils import atomic_write_text, dumps_json
 from kohya_ext.patches.sample_names import parse_sample_name
 from kohya_ext.ratios import FORMULA_VERSION
 from kohya_ext.training import best as bestcopy
@@ -232,7 +232,7 @@ class ConsistencyCallback(Callback):
 
     def _write_run_record(self) -> None:
         if getattr(self, "run_record", None) is not None:
-            atomic_write_text(self.folder / RUN_RECORD, json.dumps(self.run_record, indent=1, default=str))
+            atomic_write_text(self.folder / RUN_RECORD, dumps_json(self.run_record, indent=1, default=str))
 
     def _collect(self, render_dir: Path, eval_dir: Path) -> list[Path]:
         """Move the rendered images (every rank's) into the evaluation folder as NN.png."""

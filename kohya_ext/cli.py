@@ -20,6 +20,7 @@ logger = logging.getLogger("kohya_ext")
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
+EXIT_INTERNAL = 3
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -117,15 +118,27 @@ def cmd_reference(args) -> int:
     refs = load_references(args.data, spec, by_class=args.by_class, use_cache=not args.no_cache,
                            cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=not args.quiet)
     out = Path(args.output)
+    for ref in refs:  # every reference is checked before any file is written: a failed run replaces nothing
+        ref.check_usable()
     for ref in refs:
         path = out.with_name(f"{out.stem}.{slug(ref.name)}{out.suffix}") if args.by_class else out
-        ref.save(path)
+        _write_or_explain(path, "reference", lambda p=path, r=ref: r.save(p))
         c = ref.counts
         skipped = {k: v for k, v in c.items() if k not in ("images", "faces", "usable", "multi_face_images") and v}
         print(f"{path}: {ref.name!r}, {c['images']} images, {c['usable']} usable faces"
               + (f", skipped {skipped}" if skipped else "") + f", backend {ref.backend_name}")
-        ref.check_usable()
     return 0
+
+
+def _write_or_explain(path: Path, what: str, write) -> None:
+    """Run ``write()`` (an atomic writer); an OS error is one line naming the file and the fix. The
+    previous file, if any, is left as it was."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write()
+    except OSError as e:
+        raise KohyaExtError(f"cannot write the {what} {path} ({e.strerror or e}); nothing was replaced: "
+                            "choose a folder you can write to, or free disk space") from None
 
 
 def cmd_score(args) -> int:
@@ -137,8 +150,10 @@ def cmd_score(args) -> int:
     report = scorer.score_paths(args.samples)
     print(report.format_text(args.lang))
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(report.to_json(), encoding="utf-8")
+        from .io_utils import atomic_write_text
+
+        _write_or_explain(Path(args.json_out), "report", lambda: atomic_write_text(args.json_out, report.to_json()))
+        print(f"report: {args.json_out}")
     if args.overlay:
         _write_overlays(report, args.overlay)
     return 0
@@ -147,7 +162,9 @@ def cmd_score(args) -> int:
 def _write_overlays(report, out_dir) -> None:
     from .overlay import write_report_overlays
 
-    print(f"overlays: {len(write_report_overlays(report, out_dir))} images in {out_dir}")
+    written: list = []
+    _write_or_explain(Path(out_dir) / "overlays", "overlay images in", lambda: written.extend(write_report_overlays(report, out_dir)))
+    print(f"overlays: {len(written)} images in {out_dir}")
 
 
 def cmd_demo(args) -> int:
@@ -244,6 +261,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kohya-ext: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a disk or permission problem the code did not foresee: still one line
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"kohya-ext: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_ERROR
+    except MemoryError:
+        print("kohya-ext: error: out of memory (fewer or smaller images at a time, or a machine with more memory)", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # a bug: one line, the traceback on request
+        if args.debug:
+            raise
+        print(f"kohya-ext: internal error: {type(e).__name__}: {e} (run again with --debug for the traceback, and report it)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ from PIL import Image
 
 from .errors import KohyaExtError
 from .images import load_image
+from .io_utils import atomic_write_text
 
 GRID_URL = "https://raw.githubusercontent.com/hysts/anime-face-detector/main/assets/input.jpg"
 TILE = 512
@@ -64,5 +65,5 @@ def run_demo(grid: str | None, out: Path, spec, use_cache: bool = True, progress
     ref = load_references(ref_dir, spec, use_cache=use_cache, progress=progress)[0]
     ref.save(out / "ref.json")
     report = Scorer(ref, spec, use_cache=use_cache, progress=progress).score_paths([smp_dir])
-    (out / "report.json").write_text(report.to_json(), encoding="utf-8")
+    atomic_write_text(out / "report.json", report.to_json())
     return report, out

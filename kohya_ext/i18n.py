@@ -23,6 +23,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "memorization_line": "near-copies of training images: {pct:.1f}% of samples",
         "score_line": "consistency score: {score:.3f} ({version})",
         "color_line": "colour distance (reference spreads): hair {hair}, eyes {eyes}",
+        "skipped_line": "skipped: {error}",
+        "skipped_more": "... and {n} more skipped images (their reasons are in --json)",
+        "downscaled_line": "{n} images over {mp:.1f} MP measured downscaled to it",
     },
     "ko": {
         "reference_line": "기준 비율 계산 완료 (이미지 {images}장, 얼굴 {faces}개)",
@@ -38,6 +41,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "memorization_line": "학습 이미지와 거의 같은 샘플: {pct:.1f}%",
         "score_line": "일관성 점수: {score:.3f} ({version})",
         "color_line": "색상 거리 (기준 표준편차 단위): 머리카락 {hair}, 눈 {eyes}",
+        "skipped_line": "건너뜀: {error}",
+        "skipped_more": "... 외 {n}장 건너뜀 (이유는 --json에 있음)",
+        "downscaled_line": "{mp:.1f} MP보다 큰 이미지 {n}장은 그 크기로 줄여서 측정함",
         # reasons
         "nvxs finds no eyebrows": "nvxs는 눈썹을 찾지 못함",
         "no usable face had this ratio": "이 비율을 잴 수 있는 얼굴이 없음",

@@ -8,6 +8,7 @@ silently dropped.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backends.base import Backend, Face, ImageFaces
-from .images import load_image
+from .images import fit_for_detection, load_image
 from .errors import ImageError
 from .color import eye_centers, face_histogram, measure_colors
 from .phash import copy_hashes, phash, phash_mirror
@@ -74,14 +75,81 @@ class ImageMeasurement:
     hair_hist: list[float] | None = None
     width: int = 0
     height: int = 0
+    #: [width, height] the detector saw when the image was over kohya_ext.images.MAX_DETECT_PIXELS (None: full size)
+    detected_size: list[int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageMeasurement":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+        """A measurement read back from a file (reference, cache); ValueError naming the first
+        field that is missing, of the wrong type or not finite."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an image entry is {type(d).__name__}, not an object")
+        for key, kind in _FIELD_KINDS.items():
+            if key in d and not _is_kind(d[key], kind):
+                raise ValueError(f"field {key!r} = {_short_repr(d[key])} is not {kind.replace('?', ' or null')}")
+        for key in ("name", "status"):
+            if key not in d:
+                raise ValueError(f"field {key!r} is missing")
+        if d["status"] not in STATUSES:
+            raise ValueError(f"field 'status' = {_short_repr(d['status'])} is not one of {', '.join(STATUSES)}")
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _short_repr(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _hex(v) -> bool:
+    return isinstance(v, str) and len(v) <= 256 and all(c in "0123456789abcdefABCDEF" for c in v)
+
+
+def _placed(v) -> bool:
+    """kohya_ext.placed_copy.placed_thumb's dict: base64 PNG thumbnails (bounded) and the drawn share in (0, 1]."""
+    if not isinstance(v, dict) or not v or any(k not in ("whole", "drawn", "mask", "share") for k in v):
+        return False
+    if any(not isinstance(v[k], str) or len(v[k]) > 65536 for k in ("whole", "drawn", "mask") if k in v):
+        return False
+    return "whole" in v or ({"drawn", "mask", "share"} <= set(v) and _num(v["share"]) and 0 < v["share"] <= 1)
+
+
+#: what each field of a stored measurement must hold ("?": or null); checked by ImageMeasurement.from_dict
+_KINDS: dict[str, Callable[[object], bool]] = {
+    "text": lambda v: isinstance(v, str),
+    "count": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31,
+    "number": _num,
+    "numbers": lambda v: isinstance(v, list) and len(v) <= 4096 and all(_num(x) for x in v),
+    "a box": lambda v: isinstance(v, list) and len(v) == 4 and all(_num(x) for x in v),
+    "points": lambda v: isinstance(v, list) and len(v) <= 256 and all(isinstance(p, list) and len(p) == 2 and all(_num(x) for x in p) for p in v),
+    "ratios": lambda v: isinstance(v, dict) and all(k in RATIO_NAMES and (x is None or _num(x)) for k, x in v.items()),
+    "a hash": _hex,
+    "hashes": lambda v: isinstance(v, list) and len(v) <= 64 and all(_hex(x) for x in v),
+    "colours": lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, list) and len(x) <= 16
+                                                     and all(_num(c) for c in x) for k, x in v.items()),
+    "a thumbnail": _placed,
+    "a size": lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v),
+}
+_FIELD_KINDS = {
+    "name": "text", "status": "text", "error": "text?", "n_faces": "count", "face_score": "number?", "face_box": "a box?",
+    "points": "points?", "point_scores": "numbers?", "mean_point_score": "number?", "ratios": "ratios",
+    "phash": "a hash?", "phash_mirror": "a hash?", "drawn_hash": "a hash?", "drawn_hash_mirror": "a hash?",
+    "window_hashes": "hashes?", "face_phash": "a hash?", "face_phash_mirror": "a hash?", "face_phash_scaled": "hashes?",
+    "placed": "a thumbnail?", "colors": "colours?", "hair_hist": "numbers?", "width": "count", "height": "count",
+    "detected_size": "a size?",
+}
+
+
+def _is_kind(v, kind: str) -> bool:
+    if kind.endswith("?"):
+        return v is None or _KINDS[kind[:-1]](v)
+    return _KINDS[kind](v)
 
 
 def measure_faces(
@@ -141,10 +209,39 @@ def measure_arrays(
     names: Sequence[str] | None = None,
     rules: ExclusionRules = ExclusionRules(),
 ) -> list[ImageMeasurement]:
-    """Measure in-memory RGB uint8 images (e.g. samples rendered during training)."""
+    """Measure in-memory RGB uint8 images (e.g. samples rendered during training).
+
+    Every image passes :func:`kohya_ext.images.fit_for_detection` first: one that no detector
+    can use becomes ``status="unreadable"`` with its reason; one larger than detection needs is
+    measured downscaled, its points and box mapped back to its own pixels.
+    """
     names = list(names) if names is not None else [f"image_{i:04d}" for i in range(len(images))]
-    detections = backend.detect(list(images)) if len(images) else []
-    return measure_faces(backend.name, names, images, detections, rules)
+    results: list[ImageMeasurement | None] = [None] * len(images)
+    fitted: list[np.ndarray] = []
+    kept: list[int] = []
+    for i, img in enumerate(images):
+        try:
+            fitted.append(fit_for_detection(img))
+            kept.append(i)
+        except ImageError as e:
+            results[i] = ImageMeasurement(name=names[i], status="unreadable", error=f"{names[i]}: {e}")
+    detections = backend.detect(fitted) if fitted else []
+    for i, small, m in zip(kept, fitted, measure_faces(backend.name, [names[i] for i in kept], fitted, detections, rules)):
+        if small is not images[i]:
+            _to_original_pixels(m, images[i].shape[1], images[i].shape[0])
+        results[i] = m
+    return results  # type: ignore[return-value]
+
+
+def _to_original_pixels(m: ImageMeasurement, width: int, height: int) -> None:
+    """Map a measurement made on a downscaled copy back onto the image's own pixels (ratios are scale-free)."""
+    sx, sy = width / m.width, height / m.height
+    m.detected_size = [m.width, m.height]
+    m.width, m.height = width, height
+    if m.face_box is not None:
+        m.face_box = [round(v * s, 2) for v, s in zip(m.face_box, (sx, sy, sx, sy))]
+    if m.points is not None:
+        m.points = [[round(x * sx, 2), round(y * sy, 2)] for x, y in m.points]
 
 
 def measure_files(

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .io_utils import atomic_save_image
 from .measure import ImageMeasurement
 
 _OK = (40, 220, 90)
@@ -41,7 +42,7 @@ def write_overlays(images: Sequence[np.ndarray], measurements: Sequence[ImageMea
     for i, (img, m) in enumerate(zip(images, measurements)):
         stem = Path(m.name).stem if m.name else f"image_{i:04d}"
         p = out_dir / f"{i:04d}_{stem}.png"
-        draw_overlay(img, m).save(p)
+        atomic_save_image(draw_overlay(img, m), p)
         paths.append(p)
     return paths
 

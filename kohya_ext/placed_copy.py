@@ -18,6 +18,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from .errors import KohyaExtError
+
 from .phash import drawn_area
 
 #: Longer side of the searched image (an image without a plain canvas), in pixels.
@@ -38,7 +40,15 @@ def _png(a: np.ndarray) -> str:
 
 
 def _unpng(s: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(s))))
+    """A stored thumbnail; a damaged one, or one larger than a thumbnail (a crafted file), is refused
+    before it is decoded."""
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(s, validate=True))) as im:
+            if max(im.size) > max(SEARCH_SIDE, TEMPLATE_SIDE):
+                raise ValueError(f"{im.size[0]}x{im.size[1]} px, not a thumbnail")
+            return np.asarray(im.convert("L"))
+    except Exception as e:  # noqa: BLE001 - binascii, Pillow and size errors alike
+        raise KohyaExtError(f"a stored copy-gate thumbnail is damaged ({e}): rebuild the reference from its images") from None
 
 
 def _gray(image: np.ndarray, side: int) -> np.ndarray:

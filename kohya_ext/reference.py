@@ -9,7 +9,6 @@ perceptual hash (to flag samples that copy training images).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 from . import __version__
 from .backends.base import Backend
 from .errors import BackendMismatchError, KohyaExtError
-from .io_utils import atomic_write_text
+from .io_utils import DamagedFileError, atomic_write_text, dumps_json, read_json
 from .measure import MEASUREMENT_VERSION, ImageMeasurement
 from .ratios import FORMULA_VERSION, RATIO_NAMES, UNAVAILABLE, ExclusionRules
 from .similarity import SCORE_VERSION
@@ -189,12 +188,15 @@ class ReferenceStats:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+        atomic_write_text(path, dumps_json(self.to_dict(), indent=1, ensure_ascii=False))
 
     @classmethod
     def from_dict(cls, d: dict, origin: str = "reference") -> "ReferenceStats":
         if d.get("format") != REFERENCE_FORMAT:
             raise KohyaExtError(f"{origin}: not a kohya-ext reference file (no \"format\": \"{REFERENCE_FORMAT}\")")
+        if not isinstance(d.get("format_version", 0), int) or not isinstance(d.get("measurement_version", 3), int):
+            raise DamagedFileError(f"{origin}: damaged reference file (its format or measurement version is not a whole number): "
+                                   "rebuild it from its images (`kohya-ext reference DATA -o ref.json`)")
         if d.get("format_version", 0) > REFERENCE_FORMAT_VERSION:
             raise KohyaExtError(
                 f"{origin}: reference format version {d['format_version']} is newer than this kohya-ext understands "
@@ -211,10 +213,20 @@ class ReferenceStats:
                 f"which needs measurement version {MEASUREMENT_VERSION}: "
                 "rebuild the reference from its images (`kohya-ext reference DATA -o ref.json`, or pass the image folder instead of the ref.json)"
             )
+        fix = "rebuild it from its images (`kohya-ext reference DATA -o ref.json`)"
+        problem = _shape_problem(d)
+        if problem:
+            raise DamagedFileError(f"{origin}: damaged reference file ({problem}): {fix}")
+        measurements = []
+        for i, m in enumerate(d["images"]):
+            try:
+                measurements.append(ImageMeasurement.from_dict(m))
+            except ValueError as e:
+                raise DamagedFileError(f"{origin}: damaged reference file (image {i}: {e}): {fix}") from None
         return cls(
             backend=d["backend"],
             rules=d["rules"],
-            measurements=[ImageMeasurement.from_dict(m) for m in d["images"]],
+            measurements=measurements,
             name=d.get("name", "reference"),
             sources=d.get("sources", []),
             formula_version=d.get("formula_version", 0),
@@ -225,10 +237,32 @@ class ReferenceStats:
     def load(cls, path: str | Path) -> "ReferenceStats":
         path = Path(path)
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise KohyaExtError(f"{path}: cannot read reference file ({e})") from e
+            d = read_json(path, "reference file", "rebuild it from its images (`kohya-ext reference DATA -o ref.json`)")
+        except OSError as e:
+            raise KohyaExtError(f"{path}: cannot read reference file ({e.strerror or e})") from e
+        if not isinstance(d, dict):
+            raise DamagedFileError(f"{path}: not a kohya-ext reference file (it holds a JSON {type(d).__name__}, not an object)")
         return cls.from_dict(d, str(path))
+
+
+def _shape_problem(d: dict) -> str | None:
+    """What is wrong with a reference file's top level (None: nothing); the images are checked one by one."""
+    checks = (
+        ("backend", lambda v: isinstance(v, dict) and isinstance(v.get("backend"), str), "an object naming its backend"),
+        ("rules", lambda v: isinstance(v, dict) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                        for x in v.values()), "an object of numbers"),
+        ("images", lambda v: isinstance(v, list), "a list"),
+        ("name", lambda v: isinstance(v, str), "text"),
+        ("sources", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of text"),
+        ("formula_version", lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+        ("created", lambda v: isinstance(v, str), "text"),
+    )
+    for key, ok, what in checks:
+        if key in d and not ok(d[key]):
+            return f"{key!r} is not {what}"
+        if key in ("backend", "rules", "images") and key not in d:
+            return f"{key!r} is missing"
+    return None
 
 
 def _describe(identity: dict) -> str:

@@ -3,14 +3,18 @@ memorisation and the score, as text (en/ko), JSON and tracker scalars."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
 from . import __version__
 from .i18n import translate
+from .images import MAX_DETECT_PIXELS
+from .io_utils import dumps_json
 from .measure import ImageMeasurement
 from .ratios import FORMULA_VERSION, RATIO_NAMES
 from .reference import RatioStats
+
+#: unreadable samples named one per line in the text report; the rest are counted (all are in the JSON)
+MAX_SKIPPED_LINES = 5
 
 
 @dataclass
@@ -79,7 +83,7 @@ class ConsistencyReport:
         return d
 
     def to_json(self, **kw) -> str:
-        return json.dumps(self.to_dict(**kw), indent=1, ensure_ascii=False)
+        return dumps_json(self.to_dict(**kw), indent=1, ensure_ascii=False)
 
     def scalars(self) -> dict[str, float]:
         """Flat finite numbers for trackers: consistency/score, .../<ratio>_diff_pct, _z, detection_rate."""
@@ -103,6 +107,13 @@ class ConsistencyReport:
             t("reference_line", images=rc["images"], faces=rc["usable"]),
             t("sample_line", images=sc["images"], faces=sc["usable"]),
         ]
+        skipped = [m.error or m.name for m in self.samples if m.status == "unreadable"]
+        lines += [t("skipped_line", error=e) for e in skipped[:MAX_SKIPPED_LINES]]
+        if len(skipped) > MAX_SKIPPED_LINES:
+            lines.append(t("skipped_more", n=len(skipped) - MAX_SKIPPED_LINES))
+        downscaled = sum(1 for m in self.samples if m.detected_size)
+        if downscaled:
+            lines.append(t("downscaled_line", n=downscaled, mp=MAX_DETECT_PIXELS / 1e6))
         for name in RATIO_NAMES:
             r = self.ratios[name]
             if r.unavailable:

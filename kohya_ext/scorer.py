@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -21,19 +20,15 @@ from .datasets import ImageGroup, resolve_image_groups
 from .images import list_images
 from .measure import ImageMeasurement, measure_arrays, measure_files
 from .ratios import ExclusionRules
-from .reference import REFERENCE_FORMAT, ReferenceStats, build_reference
+from .reference import ReferenceStats, build_reference
 from .report import ConsistencyReport
 
 
 def is_reference_file(path: str | Path) -> bool:
+    """A ``.json`` file given where a reference is asked for is read as a ref.json, never as an
+    image: a damaged or foreign one is refused by ReferenceStats.load with one line saying why."""
     p = Path(path)
-    if not (p.is_file() and p.suffix.lower() == ".json"):
-        return False
-    try:
-        with open(p, encoding="utf-8") as f:
-            return json.load(f).get("format") == REFERENCE_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return p.is_file() and p.suffix.lower() == ".json"
 
 
 def backend_for_reference(source: str | Path, backend: str | BackendSpec) -> BackendSpec:

@@ -25,6 +25,8 @@ import math
 
 import numpy as np
 
+from .errors import KohyaExtError
+
 #: Bump when the formula below changes.
 SCORE_VERSION = 4
 #: Per-face |z| are capped here so one wild ratio cannot dominate.
@@ -79,9 +81,13 @@ def geometry_distance(z_by_ratio: dict[str, float], backend: str | None = None, 
     """Weighted mean of capped |z| over the ratios that could be measured (and colour parts, if given); None when none."""
     weights = ratio_weights(backend)
     cw = color_weights(backend)
-    items = [(weights.get(k, 1.0), min(abs(z), Z_CAP)) for k, z in z_by_ratio.items() if z is not None and math.isfinite(z)]
+    bad = [k for k, z in [*z_by_ratio.items(), *(color_z or {}).items()] if z is not None and not math.isfinite(z)]
+    if bad:  # a NaN dropped here would leave a confident score on the rest; the inputs are damaged
+        raise KohyaExtError(f"cannot score: {', '.join(bad)} came out non-finite (a reference or sample measurement "
+                            "holds a bad number); rebuild the reference from its images")
+    items = [(weights.get(k, 1.0), min(abs(z), Z_CAP)) for k, z in z_by_ratio.items() if z is not None]
     if color_z:
-        items += [(cw.get(k, COLOR_WEIGHT), min(abs(z), Z_CAP)) for k, z in color_z.items() if z is not None and math.isfinite(z)]
+        items += [(cw.get(k, COLOR_WEIGHT), min(abs(z), Z_CAP)) for k, z in color_z.items() if z is not None]
     items = [(w, z) for w, z in items if w > 0]
     if not items:
         return None

@@ -75,3 +75,15 @@ class Backend(Protocol):
     def detect(self, images: Sequence[np.ndarray]) -> list[ImageFaces]:
         """Detect faces and landmarks in RGB uint8 images of shape (H, W, 3)."""
         ...
+
+
+def check_sizes(backend: str, images: Sequence[np.ndarray]) -> None:
+    """Refuse images over kohya_ext.images.MAX_DETECT_PIXELS before a detector allocates for them
+    (libnvxs segfaults near 80 MP); kohya_ext.measure passes every image through the gate first."""
+    from ..errors import KohyaExtError
+    from ..images import MAX_DETECT_PIXELS
+
+    too_large = [f"{im.shape[1]}x{im.shape[0]}" for im in images if im.shape[0] * im.shape[1] > MAX_DETECT_PIXELS]
+    if too_large:
+        raise KohyaExtError(f"{backend}: image(s) of {', '.join(too_large)} px are over {MAX_DETECT_PIXELS} pixels: "
+                            "pass them through kohya_ext.images.fit_for_detection first")

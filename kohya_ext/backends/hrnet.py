@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Face, ImageFaces
+from .base import Face, ImageFaces, check_sizes
 from ..errors import ImageError, KohyaExtError
 from ..landmarks import HRNET_POINTS, flip_permutation
 from .weights import WeightFile, load_state_dict_strict, models_for, resolve_weights
@@ -605,6 +605,7 @@ class HrnetBackend:
     def detect(self, images: Sequence[np.ndarray]) -> list[ImageFaces]:
         """Faces with 28 landmarks in RGB uint8 (H, W, 3) images, one ImageFaces per image."""
         images = list(images)
+        check_sizes("hrnet", images)
         tensors = [_image_tensor(im, i) for i, im in enumerate(images)]
         if not tensors:
             return []

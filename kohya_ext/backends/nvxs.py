@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .base import Face, ImageFaces
+from .base import Face, ImageFaces, check_sizes
 from ..errors import KohyaExtError
 from ..landmarks import NVXS_FLIP_PAIRS, NVXS_POINTS
 
@@ -474,6 +474,7 @@ class NvxsBackend:
         images = list(images)
         if not images:
             return []
+        check_sizes("nvxs", images)
         threads = min(self.threads, len(images))
         results = _run_threads(lambda i: _detect_one(self._nv, images[i], self.colors), len(images), threads)
         for mode in self.retry:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import KohyaExtError
+from ..io_utils import atomic_write_text
 from ..training.leaderboard import FOLDER, JSON_NAME
-from .rank import RANK_DIR, RankResult, load_rank, point_label, rank_run
+from .rank import RANK_DIR, RankResult, load_rank, point_label, rank_run, unwritable
 
 FIELDS = ["run", "source", "evaluations", "best", "best_score", "best_checkpoint", "last", "last_score",
           "last_minus_best", "images_per_point", "warnings"]
@@ -25,7 +28,13 @@ def ranked(run: Path, reference: str | None, rescore: bool, **kw: Any) -> RankRe
     stored = run / RANK_DIR / JSON_NAME
     if not rescore and reference is None and stored.exists() and stored.stat().st_mtime >= _newest_input(run):
         return load_rank(stored.parent)
-    return rank_run(run, reference=reference, rescore=rescore, **kw)
+    why = unwritable(stored.parent) if run.is_dir() else None  # a missing run is rank_run's error to say
+    if why is None:
+        return rank_run(run, reference=reference, rescore=rescore, **kw)
+    with tempfile.TemporaryDirectory(prefix="kohya-ext-rank-") as tmp:  # a read-only run is compared, not stored
+        result = rank_run(run, reference=reference, rescore=rescore, out_dir=tmp, **kw)
+    result.warnings.append(f"ranking not stored in {stored.parent} ({why})")
+    return result
 
 
 def summarize(run: Path, result: RankResult) -> dict[str, Any]:
@@ -49,7 +58,7 @@ def compare_runs(runs: list[str | Path], reference: str | None = None, rescore: 
         run = Path(r)
         try:
             rows.append(summarize(run, ranked(run, reference, rescore, **kw)))
-        except KohyaExtError as e:
+        except (KohyaExtError, OSError) as e:  # one run that cannot be ranked is reported, the others compared
             rows.append({k: None for k in FIELDS} | {"run": str(run), "source": "error", "warnings": str(e)})
     return sorted(rows, key=lambda d: (d["best_score"] is None, -(d["best_score"] or 0.0)))
 
@@ -73,9 +82,15 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
 
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """The comparison as CSV, written atomically: a failed write leaves the previous file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows({k: ("" if d.get(k) is None else d.get(k)) for k in FIELDS} for d in rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: ("" if d.get(k) is None else d.get(k)) for k in FIELDS} for d in rows)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, buf.getvalue())
+    except OSError as e:
+        raise KohyaExtError(f"cannot write the comparison CSV {path} ({e.strerror or e}); nothing was replaced: "
+                            "choose a folder you can write to") from None

@@ -9,7 +9,6 @@ leaderboard's schema and writer, rows best first) into ``OUTPUT_DIR/kohya-ext-ra
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from ..backends import BackendSpec
 from ..errors import KohyaExtError
-from ..io_utils import atomic_write_text
+from ..io_utils import atomic_save_image, atomic_write_text, dumps_json
 from ..ratios import FORMULA_VERSION, RATIO_NAMES
 from ..training.decisions import is_memorized
 from ..training.leaderboard import COLUMNS, FOLDER, JSON_NAME, Leaderboard
@@ -50,6 +49,19 @@ class RankResult:
     @property
     def last(self) -> dict[str, Any] | None:
         return max(self.rows, key=lambda r: r.get("eval") or 0, default=None)
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written into ``folder`` (created if missing), or None when they can."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def rank_key(row: dict[str, Any]) -> tuple:
@@ -91,6 +103,9 @@ def rank_run(
     out = Path(out_dir) if out_dir else output_dir / RANK_DIR
     if out.resolve() == (output_dir / FOLDER).resolve():
         raise KohyaExtError(f"{out}: that is the training leaderboard's folder; rank never overwrites it: pick another --out")
+    why = unwritable(out)
+    if why:  # said before any scoring, not as a traceback halfway through
+        raise KohyaExtError(f"cannot write the ranking into {out} ({why}): pass --out DIR, a folder you can write to")
     lb_path = _leaderboard_path(output_dir)
     if lb_path.exists() and not rescore:
         result = _from_leaderboard(output_dir, lb_path, out)
@@ -188,14 +203,14 @@ def _score_group(i, g: SampleGroup, ms, scorer, output_dir: Path, output_name, o
     step = g.number if g.kind == "step" else ss_steps
     folder = out / (f"eval-step{g.number:08d}" if g.kind == "step" else f"eval-epoch{g.number:06d}")
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "report.json", json.dumps(report.to_dict(), indent=1, ensure_ascii=False, default=str))
+    atomic_write_text(folder / "report.json", dumps_json(report.to_dict(), indent=1, ensure_ascii=False, default=str))
     overlays = []
     for p, m in zip(g.paths, report.samples):
         try:
             overlays.append(draw_overlay(load_image(p), m))
         except KohyaExtError:
             continue  # unreadable: counted in the report already
-    overlay_grid(overlays, columns=min(4, max(1, len(overlays)))).save(folder / "overlay_grid.png")
+    atomic_save_image(overlay_grid(overlays, columns=min(4, max(1, len(overlays)))), folder / "overlay_grid.png")
     mem = report.memorization
     row: dict[str, Any] = {k: None for k in COLUMNS}
     row.update(

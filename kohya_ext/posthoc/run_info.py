@@ -12,15 +12,19 @@ training data can be found.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from ..errors import KohyaExtError
+from ..io_utils import DamagedFileError, read_json
 
 from ..toml_compat import flatten_config as _flatten, tomllib
 from ..training.leaderboard import FOLDER, RUN_RECORD
+
+logger = logging.getLogger(__name__)
 
 _TS_DIR = re.compile(r"(\d{14})$")
 
@@ -130,11 +134,23 @@ def checkpoint_info(output_dir: str | Path, output_name: str | None, kind: str, 
 
 
 def load_run_record(output_dir: str | Path) -> dict:
+    """The run record training wrote (``consistency/run.json``), or {} when there is none. The
+    record only helps find things: a damaged one is said in one line and left out."""
     p = Path(output_dir) / FOLDER / RUN_RECORD
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        rec = read_json(p, "run record", "the run is read without it", nonfinite_as_null=True)
+    except OSError:
         return {}
+    except DamagedFileError as e:
+        logger.warning("%s", e)
+        return {}
+    if not isinstance(rec, dict):
+        logger.warning("%s: run record is not a JSON object: the run is read without it", p)
+        return {}
+    bad = [k for k in ("tensorboard_dir", "logging_dir", "output_dir") if k in rec and not isinstance(rec[k], (str, type(None)))]
+    if bad:
+        logger.warning("%s: run record's %s not text: left out", p, ", ".join(bad))
+    return {k: v for k, v in rec.items() if k not in bad}
 
 
 def _event_dirs(root: Path) -> list[Path]:

@@ -67,19 +67,21 @@ def _evaluate_characters(scorers: dict, job: dict) -> dict:
     if grids:
         from PIL import Image
 
+        from ..io_utils import atomic_save_image
+
         ims = [Image.open(g).convert("RGB") for g in grids]
         canvas = Image.new("RGB", (max(i.width for i in ims), sum(i.height for i in ims)))
         y = 0
         for im in ims:
             canvas.paste(im, (0, y))
             y += im.height
-        canvas.save(Path(job["out_dir"]) / "overlay_grid.png")
+        atomic_save_image(canvas, Path(job["out_dir"]) / "overlay_grid.png")
         result["grid"] = str(Path(job["out_dir"]) / "overlay_grid.png")
     return result
 
 
 def _result(report: Any, images: list, out: Path) -> dict:
-    from ..io_utils import atomic_write_text
+    from ..io_utils import atomic_save_image, atomic_write_text, dumps_json
 
     result: dict[str, Any] = {
         "score": float(report.score),
@@ -91,9 +93,7 @@ def _result(report: Any, images: list, out: Path) -> dict:
         "ratios": {k: {"diff_pct": v.diff_pct, "z": v.z} for k, v in getattr(report, "ratios", {}).items()},
     }
     try:
-        import json
-
-        atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=1, ensure_ascii=False, default=str))
+        atomic_write_text(out / "report.json", dumps_json(report.to_dict(), indent=1, ensure_ascii=False, default=str))
     except Exception as e:  # the report file is a convenience; the numbers are what counts
         result["report_error"] = str(e)
     samples = getattr(report, "samples", None)
@@ -101,6 +101,6 @@ def _result(report: Any, images: list, out: Path) -> dict:
         from ..overlay import draw_overlay, overlay_grid
 
         grid = overlay_grid([draw_overlay(img, m) for img, m in zip(images, samples)], columns=min(4, len(images)))
-        grid.save(out / "overlay_grid.png")
+        atomic_save_image(grid, out / "overlay_grid.png")
         result["grid"] = str(out / "overlay_grid.png")
     return result

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from ..io_utils import atomic_write_text
+from ..io_utils import DamagedFileError, atomic_write_text, dumps_json, read_json
 from ..ratios import RATIO_NAMES
 
 FOLDER = "consistency"  # output_dir/consistency/: everything a run with kohya-ext writes
@@ -55,12 +54,20 @@ class Leaderboard:
         """The stored history, or an empty one when there is none yet."""
         lb = cls(folder)
         if lb.json_path.exists():
-            d = json.loads(lb.json_path.read_text(encoding="utf-8"))
-            if d.get("format") != FORMAT:
-                raise ValueError(f"{lb.json_path}: not a kohya-ext leaderboard")
+            fix = "move it aside (training starts a fresh history; `kohya-ext rank --rescore` rebuilds a ranking)"
+            # NaN in a history means "no number": older kohya-ext wrote a failed score that way
+            d = read_json(lb.json_path, "leaderboard", fix, nonfinite_as_null=True)
+            if not isinstance(d, dict) or d.get("format") != FORMAT:
+                raise DamagedFileError(f"{lb.json_path}: not a kohya-ext leaderboard (no \"format\": \"{FORMAT}\"): {fix}")
+            problem = _problem(d)
+            if problem:
+                raise DamagedFileError(f"{lb.json_path}: damaged leaderboard ({problem}): {fix}")
             lb.rows = list(d.get("evaluations", []))
             lb.meta = dict(d.get("run", {}))
             lb.abandoned = list(d.get("abandoned", []))
+            for r in lb.rows:  # a row without a score is never the best, whatever the file says
+                if r.get("is_best") and (r.get("status") != "ok" or r.get("score") is None):
+                    r["is_best"] = False
         return lb
 
     def best(self) -> dict[str, Any] | None:
@@ -92,10 +99,38 @@ class Leaderboard:
                "columns": COLUMNS, "evaluations": self.rows}
         if self.abandoned:
             doc["abandoned"] = self.abandoned
-        atomic_write_text(self.json_path, json.dumps(doc, indent=1, ensure_ascii=False, default=str))
+        atomic_write_text(self.json_path, dumps_json(doc, indent=1, ensure_ascii=False, default=str))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in self.rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
         atomic_write_text(self.csv_path, buf.getvalue())
+
+
+_NUMBER_COLUMNS = {"score", "detection_rate", "memorization", "es_best", "seconds_render", "seconds_score", "time", *RATIO_COLUMNS}
+_INT_COLUMNS = {"eval", "cum_step", "kohya_step", "epoch", "es_wait", "segment", "images"}
+_BOOL_COLUMNS = {"memorized", "is_best", "stop"}
+
+
+def _problem(doc: dict) -> str | None:
+    """The first value of a stored leaderboard that is not of its column's type (None: all fit)."""
+    for key, kind in (("evaluations", list), ("abandoned", list), ("run", dict)):
+        if key in doc and not isinstance(doc[key], kind):
+            return f"{key!r} is not a {kind.__name__}"
+    for where, rows in (("evaluation", doc.get("evaluations", [])), ("abandoned evaluation", doc.get("abandoned", []))):
+        for i, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                return f"{where} {i} is not an object"
+            for k, v in row.items():
+                if v is None:
+                    continue
+                if k in _NUMBER_COLUMNS and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    return f"{where} {i}: {k} = {v!r:.40} is not a number"
+                if k in _INT_COLUMNS and (isinstance(v, bool) or not isinstance(v, int)):
+                    return f"{where} {i}: {k} = {v!r:.40} is not a whole number"
+                if k in _BOOL_COLUMNS and not isinstance(v, bool):
+                    return f"{where} {i}: {k} = {v!r:.40} is not true/false"
+                if k in ("status", "checkpoint", "images_dir", "label") and not isinstance(v, str):
+                    return f"{where} {i}: {k} = {v!r:.40} is not text"
+    return None

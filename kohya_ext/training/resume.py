@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..io_utils import atomic_write_text
+from ..io_utils import atomic_write_text, dumps_json
 from .early_stop import EarlyStopState, StopConfig, decide
 
 SIDE_FILE = "kohya_ext_consistency.json"
@@ -28,7 +28,7 @@ def write_side_file(state_dir: str | Path, state: dict[str, Any]) -> Path:
     """``state`` (the callback's ``state_dict()``: cum_step, segment, epoch, evaluations, best)."""
     path = Path(state_dir) / SIDE_FILE
     doc = {"format": FORMAT, "version": 1, **state}
-    atomic_write_text(path, json.dumps(doc, indent=1, default=str))
+    atomic_write_text(path, dumps_json(doc, indent=1, default=str))
     return path
 
 
