@@ -13,7 +13,9 @@ What runs, as a user's machine would:
    of both sides) and /history polled. Checked: the set score is ``kohya-ext score``'s on the
    same files, the gate splits the character's images from other characters' as the per-image
    scores say, the Korean report, the faceless image's reason, an empty side skips its
-   SaveImage, and bad references are node errors while the server keeps serving. The shipped
+   SaveImage, and bad references are node errors while the server keeps serving. The reference
+   folder is allowed through ``--extra-model-paths-config`` (``kohya_ext_references``); paths outside
+   the allowed folders are refused at queue time (docs/comfyui.md, "Folder rules"). The shipped
    examples/ workflows run (a folder loaded as a list is one set) or validate (the generation
    one, up to its model files), and ComfyUI's own parser reads pyproject.toml. The server is
    stopped by its PID.
@@ -235,10 +237,14 @@ def server(comfy_src, installed, data):
     port = _free_port()
     log = data["root"] / "comfyui.log"
     env = {**os.environ, "KOHYA_EXT_CACHE": str(data["cache"]), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("KOHYA_EXT_COMFY_ALLOWED_DIRS", None)
+    # the reference folders are allowed the way a studio allows its own: extra_model_paths.yaml (docs/comfyui.md, Folder rules)
+    extra = data["root"] / "extra_model_paths.yaml"
+    extra.write_text(f"studio:\n  kohya_ext_references: {json.dumps(str(data['root']))}\n")
     with open(log, "w") as f:
         proc = subprocess.Popen(
             [str(installed["python"]), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-             "--disable-auto-launch", "--disable-api-nodes"],
+             "--disable-auto-launch", "--disable-api-nodes", "--extra-model-paths-config", str(extra)],
             cwd=comfy_src, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
@@ -370,7 +376,8 @@ def test_workflow_end_to_end(server, installed, data, comfy_src):
 
 
 def test_empty_side_skips_its_save(server, data):
-    status, body = _queue(server, workflow(data, str(data["ref"]), 1.0, lang="en", prefix="kx_empty"))
+    relative = data["ref"].name  # relative to the kohya_ext_references folder extra_model_paths.yaml gave
+    status, body = _queue(server, workflow(data, relative, 1.0, lang="en", prefix="kx_empty"))
     assert status == 200, body
     h = _wait(server, body["prompt_id"])
     assert h["status"]["status_str"] == "success", json.dumps(h["status"])[:3000]
@@ -380,11 +387,13 @@ def test_empty_side_skips_its_save(server, data):
 
 
 def test_bad_references_are_node_errors(server, data):
-    missing = str(data["root"] / "no_such_folder")
-    status, body = _queue(server, workflow(data, missing, 0.5))
-    assert status == 400, body
-    errs = body["node_errors"]["ref"]["errors"]
-    assert any(f"{missing}: no such file or folder" in e["details"] for e in errs), errs
+    # not found under the allowed folders, and outside them (existing or not): one message each, at queue time
+    for path in (str(data["root"] / "no_such_folder"), str(REPO), str(REPO / "no_such_folder"), "../main.py"):
+        status, body = _queue(server, workflow(data, path, 0.5))
+        assert status == 400, body
+        errs = body["node_errors"]["ref"]["errors"]
+        assert any(f"reference path {path!r} is not a file or folder under the allowed folders" in e["details"]
+                   for e in errs), errs
     # a folder without a usable face: the node fails when it runs, with the CLI's line
     status, body = _queue(server, workflow(data, str(data["blank_ref"]), 0.5))
     assert status == 200, body
@@ -394,6 +403,35 @@ def test_bad_references_are_node_errors(server, data):
     assert err["node_id"] == "ref" and "has a usable face" in err["exception_message"]
     assert err["exception_message"].strip().count("\n") == 0  # one line, as the CLI prints it
     # and the server keeps serving
+    assert server["proc"].poll() is None
+    assert "system" in _get(f"{server['url']}/system_stats")
+
+
+def test_huge_images_are_node_results_or_errors_and_the_server_keeps_serving(server, data, comfy_src):
+    """A 10000x10000 white PNG (315 KB; it segfaulted libnvxs inside the server before the image gate)
+    is measured downscaled; a PNG whose header claims 70000x70000 is LoadImage's own node error."""
+    from test_hostile_images import png_declaring
+
+    Image.new("RGB", (10000, 10000), "white").save(comfy_src / "input" / "kx_huge.png")
+    png_declaring(comfy_src / "input" / "kx_bomb.png", 70000, 70000)
+    p = {"load": {"class_type": "LoadImage", "inputs": {"image": "kx_huge.png"}},
+         "ref": {"class_type": "KohyaExtCharacterReference", "inputs": {"path": data["ref"].name, "backend": "auto", "device": "auto"}},
+         "cons": {"class_type": "KohyaExtCharacterConsistency",
+                  "inputs": {"images": ["load", 0], "reference": ["ref", 0], "language": "en", "draw_overlays": False}},
+         "show": {"class_type": "PreviewAny", "inputs": {"source": ["cons", 1]}}}
+    status, body = _queue(server, p)
+    assert status == 200, body
+    h = _wait(server, body["prompt_id"])
+    assert h["status"]["status_str"] == "success", json.dumps(h["status"])[:3000]
+    report = json.dumps(h["outputs"]["show"])
+    assert "measured downscaled" in report and "face detection rate: 0.0%" in report, report[:2000]
+    p["load"]["inputs"]["image"] = "kx_bomb.png"
+    status, body = _queue(server, p)
+    if status == 200:  # ComfyUI validates the file name only; decoding fails when LoadImage runs
+        h = _wait(server, body["prompt_id"])
+        assert h["status"]["status_str"] == "error"
+        err = [m[1] for m in h["status"]["messages"] if m[0] == "execution_error"][0]
+        assert err["node_id"] == "load", err
     assert server["proc"].poll() is None
     assert "system" in _get(f"{server['url']}/system_stats")
 

@@ -16,6 +16,7 @@ import importlib.machinery
 import importlib.util
 import io
 import json
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 from PIL import Image
 
 from conftest import SHARED
-from kohya_ext.comfy import core
+from kohya_ext.comfy import core, folders
 from kohya_ext.errors import KohyaExtError
 from kohya_ext.image_score import IMAGE_SCORE_VERSION, image_score
 from kohya_ext.comparison import compare
@@ -237,15 +238,24 @@ def test_reference_errors_are_the_clis_lines(tmp_path, spec):
     with pytest.raises(KohyaExtError, match="unknown backend"):
         core.backend_spec("dlib")
     with pytest.raises(KohyaExtError, match="no reference path"):
-        core.resolve_source("  ")
+        core.resolve_source("  ", [tmp_path])
     with pytest.raises(KohyaExtError, match="reference image batch is empty"):
         core.reference_from_images(torch.zeros((0, 64, 64, 3)), spec)
 
 
-def test_resolve_source_looks_in_search_dirs(tmp_path):
-    (tmp_path / "chars" / "alice").mkdir(parents=True)
-    assert core.resolve_source("chars/alice", [tmp_path]) == tmp_path / "chars" / "alice"
-    assert core.resolve_source(' "~/x" ') == Path("~/x").expanduser()
+def test_resolve_source_is_relative_to_the_allowed_roots(tmp_path, monkeypatch):
+    root = Path(os.path.realpath(tmp_path)) / "root"
+    (root / "chars" / "alice").mkdir(parents=True)
+    assert core.resolve_source("chars/alice", [root]) == root / "chars" / "alice"
+    assert core.resolve_source(' "chars/alice" ', [root]) == root / "chars" / "alice"
+    # no longer: '~' expanded, paths tried as given (the working folder), absolute paths anywhere
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").mkdir()
+    for text in ("~/x", "x", str(tmp_path / "x")):
+        with pytest.raises(KohyaExtError) as e:
+            core.resolve_source(text, [root])
+        assert str(e.value) == str(folders.refused(text))
 
 
 def test_reference_from_images(spec, tadne_tiles, reference):
@@ -382,22 +392,27 @@ def test_schemas_and_entrypoint(nodes):
     assert isinstance(asyncio.run(comfy_entrypoint()), type(ext))
 
 
-def test_reference_node_validates_and_fingerprints(nodes, ref_dir, tmp_path):
+def test_reference_node_validates_and_fingerprints(nodes, ref_dir, tmp_path, monkeypatch):
     N = nodes.CharacterReference
-    assert N.validate_inputs(str(ref_dir)) is True
-    assert N.validate_inputs(str(tmp_path / "missing")) == f"{tmp_path / 'missing'}: no such file or folder"
+    monkeypatch.setenv(folders.ALLOWED_DIRS_ENV, str(ref_dir))  # the reference folder is allow-listed; tmp_path is not
+    assert N.validate_inputs(str(ref_dir)) is True  # absolute, inside an allowed root
+    # outside the allowed folders: one message, whether the path exists or not
+    assert N.validate_inputs(str(tmp_path / "missing")) == str(folders.refused(str(tmp_path / "missing")))
+    assert N.validate_inputs(str(tmp_path)) == str(folders.refused(str(tmp_path)))
     assert "unknown device" in N.validate_inputs(str(ref_dir), device="gpu0")
     assert N.validate_inputs(None) is True
     f1 = N.fingerprint_inputs(str(ref_dir), "nvxs", "auto")
     assert f1 == N.fingerprint_inputs(str(ref_dir), "nvxs", "auto") and f1 != N.fingerprint_inputs(str(ref_dir), "auto", "auto")
-    with pytest.raises(KohyaExtError, match="no such file or folder"):
+    with pytest.raises(KohyaExtError, match="is not a file or folder under the allowed folders"):
         N.execute(str(tmp_path / "missing"), "nvxs", "auto")
 
 
-def test_nodes_execute_on_tensors(nodes, ref_dir, mixed, mixed_tensor, reference):
-    out = nodes.CharacterReference.execute(str(ref_dir), "nvxs", "auto")
+def test_nodes_execute_on_tensors(nodes, ref_dir, mixed, mixed_tensor, reference, monkeypatch):
+    monkeypatch.setenv(folders.ALLOWED_DIRS_ENV, str(ref_dir.parent))
+    out = nodes.CharacterReference.execute(f"{ref_dir.name}", "nvxs", "auto")  # relative to the allow-listed folder
     ref, summary = out.args
     assert isinstance(ref, core.CharacterReference) and "4 usable faces" in summary
+    assert ref.source == ref_dir.name and str(ref_dir.parent) not in summary  # no server path in the summary
     assert out.ui.as_dict() == {"text": (summary,)}
     # is_input_list nodes: ComfyUI sends every input as a list
     score, report, per_image, overlays = nodes.CharacterConsistency.execute([mixed_tensor], [ref], ["ko"]).args

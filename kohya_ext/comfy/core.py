@@ -7,7 +7,9 @@ ComfyUI installation; kohya_ext.comfy.nodes wraps it in ComfyUI's node API.
 - References come from the same sources as the CLI's (``ref.json``, folder,
   kohya ``train_data_dir``, dataset config TOML) and are measured through the
   CLI's on-disk measurement cache; built references are also kept in memory,
-  keyed by the source's file stats, so a queue run does not rebuild them.
+  keyed by the source's file stats, so a queue run does not rebuild them. Given
+  ``roots`` (the nodes always give them), paths are confined to those folders and
+  walks are capped (kohya_ext.comfy.folders); without, they read as the CLI does.
 - Batches are measured once per (pixels, backend): the consistency node and the
   gate fed the same IMAGE output share the measurement.
 - The set score is kohya_ext.comparison.compare on the batch (the same number as
@@ -33,6 +35,7 @@ from PIL import Image, ImageDraw
 
 from ..backends import BACKEND_NAMES, BackendSpec
 from ..comparison import compare
+from ..datasets import ImageGroup
 from ..errors import KohyaExtError
 from ..image_score import ImageScore, image_scores
 from ..images import MIN_IMAGE_SIDE
@@ -40,6 +43,7 @@ from ..measure import ImageMeasurement, measure_arrays, measure_files
 from ..ratios import ExclusionRules
 from ..reference import ReferenceStats
 from ..report import ConsistencyReport
+from . import folders
 
 #: progress(done, total): called as work advances (ComfyUI's progress bar in the nodes)
 Progress = Callable[[int, int], None]
@@ -169,27 +173,31 @@ class CharacterReference:
         return f"<CharacterReference {self.describe()}>"
 
 
-def resolve_source(path: str, search: Sequence[str | os.PathLike] = ()) -> Path:
-    """A reference path as the user typed it: ``~`` expanded, relative paths tried as given, then under ``search``."""
+def resolve_source(path: str, roots: Sequence[Path]) -> Path:
+    """A reference path as the user typed it (quotes trimmed), relative to one of ``roots``: its real path (folders.resolve)."""
     text = (path or "").strip().strip('"').strip("'")
     if not text:
-        raise KohyaExtError("no reference path given: enter a folder, a kohya dataset config .toml or a ref.json")
-    p = Path(os.path.expanduser(text))
-    if not p.is_absolute() and not p.exists():
-        for base in search:
-            cand = Path(base) / p
-            if cand.exists():
-                return cand
-    return p
+        raise KohyaExtError("no reference path given: enter a folder, a kohya dataset config .toml or a ref.json "
+                            "(relative to ComfyUI's input folder; docs/comfyui.md, Folder rules)")
+    return folders.resolve(text, roots)
 
 
-def source_fingerprint(path: Path) -> str:
-    """Changes when the reference's files change (their paths, sizes and mtimes); errors fingerprint as themselves."""
+def _image_groups(path: Path, roots: Sequence[Path] | None) -> list[ImageGroup]:
+    """The source's image groups: confined and capped with ``roots`` (the nodes), as the CLI's without."""
     from ..datasets import resolve_image_groups
+
+    return resolve_image_groups(path) if roots is None else folders.image_groups(path, roots)
+
+
+def source_fingerprint(path: Path, roots: Sequence[Path] | None = None) -> str:
+    """Changes when the reference's files change (their paths, sizes and mtimes); errors fingerprint as themselves.
+
+    ``roots``: confine and cap the walk (folders.image_groups); None walks as the CLI does.
+    """
     from ..scorer import is_reference_file
 
     try:
-        files = [path] if is_reference_file(path) else [p for g in resolve_image_groups(path) for p in g.paths]
+        files = [path] if is_reference_file(path) else [p for g in _image_groups(path, roots) for p in g.paths]
         if path.is_file():
             files.append(path)
         stats = []
@@ -212,21 +220,26 @@ def reference_from_path(
     use_cache: bool = True,
     cache_dir: Path | None = None,
     progress: Progress = _noop,
+    roots: Sequence[Path] | None = None,
 ) -> CharacterReference:
     """A reference from what the CLI accepts: a ref.json, an image folder, a kohya train_data_dir or dataset config.
 
     Images are measured through the CLI's measurement cache; the built reference is
-    kept in memory while the source's files are unchanged.
+    kept in memory while the source's files are unchanged. With ``roots`` (the node),
+    ``path`` and every folder it names must lie inside them and walks are capped,
+    all checked before any image is read (kohya_ext.comfy.folders); None reads as the CLI.
     """
-    from ..datasets import resolve_image_groups
     from ..scorer import backend_for_reference, is_reference_file
 
     src = Path(path)
-    if not src.exists():
+    if roots is not None:
+        src = folders.resolve(str(src), roots)  # a path from resolve_source passes unchanged
+    elif not src.exists():
         raise KohyaExtError(f"{src}: no such file or folder")
     spec = backend_for_reference(src, spec)
     key = (str(src.resolve()), spec.requested, spec.device, tuple(sorted(spec.hrnet_options.items())),
-           json.dumps(rules.as_dict(), sort_keys=True), use_cache, str(cache_dir), source_fingerprint(src))
+           json.dumps(rules.as_dict(), sort_keys=True), use_cache, str(cache_dir), source_fingerprint(src, roots),
+           tuple(map(str, roots or ())))
     with _LOCK:
         hit = _REFERENCES.get(key)
         if hit is not None:
@@ -237,7 +250,7 @@ def reference_from_path(
         stats = ReferenceStats.load(src)
         stats.check_compatible(spec.identity(), rules.as_dict())
     else:
-        groups = resolve_image_groups(src)
+        groups = _image_groups(src, roots)
         paths = [p for g in groups for p in g.paths]
         sources = [s for g in groups for s in g.sources]
         name = groups[0].name if len(groups) == 1 else (src.stem if src.is_file() else src.name)
@@ -256,7 +269,7 @@ def reference_from_path(
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
     stats.check_usable()
-    ref = CharacterReference(stats, spec, rules, str(src))
+    ref = CharacterReference(stats, spec, rules, str(src) if roots is None else folders.shown(src, roots))
     with _LOCK:
         _REFERENCES[key] = ref
         while len(_REFERENCES) > _MAX_REFERENCES:

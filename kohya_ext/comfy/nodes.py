@@ -4,6 +4,7 @@ Four nodes, category "kohya-ext":
 
 - Character reference (kohya-ext): path (folder, kohya train_data_dir, dataset
   config .toml or ref.json, as ``kohya-ext score --reference`` takes) -> CHARACTER_REFERENCE.
+  The path is confined to the allowed folders (kohya_ext.comfy.folders).
 - Character reference from images (kohya-ext): IMAGE batch -> CHARACTER_REFERENCE.
 - Character consistency (kohya-ext): IMAGE + reference -> set score (FLOAT, the number
   ``kohya-ext score`` gives for the same pixels), report (STRING, en/ko), per-image
@@ -26,7 +27,7 @@ from ..backends import BACKEND_NAMES
 from ..errors import KohyaExtError
 from ..i18n import LANGUAGES
 from ..image_score import DEFAULT_THRESHOLD
-from . import core
+from . import core, folders
 
 try:
     from comfy_execution.graph_utils import ExecutionBlocker
@@ -59,14 +60,9 @@ def _progress():
     return report
 
 
-def _search_dirs() -> list[str]:
-    """Where a relative reference path is also looked for: ComfyUI's input folder."""
-    try:
-        import folder_paths
-
-        return [folder_paths.get_input_directory()]
-    except Exception:  # not inside ComfyUI
-        return []
+# models/kohya_ext_references under folder_paths, as node packs register model folders: after the folders
+# extra_model_paths.yaml gave that name (ComfyUI reads the yaml before it imports custom nodes)
+folders.register_folder()
 
 
 def _backend_inputs() -> list:
@@ -116,8 +112,10 @@ class CharacterReference(io.ComfyNode):
                         "train_data_dir, a kohya dataset config .toml or a ref.json written by `kohya-ext reference`. "
                         "Measured once (kohya-ext's measurement cache) and kept while the files are unchanged.",
             inputs=[
-                io.String.Input("path", default="", tooltip="folder, dataset config .toml or ref.json; relative paths are "
-                                                            "also looked for in ComfyUI's input folder"),
+                io.String.Input("path", default="", tooltip="folder, dataset config .toml or ref.json, relative to ComfyUI's "
+                                                            f"input folder, models/{folders.FOLDER_NAME} or a folder in "
+                                                            f"${folders.ALLOWED_DIRS_ENV} (e.g. my_char/train; "
+                                                            "docs/comfyui.md, Folder rules)"),
                 *_backend_inputs(),
             ],
             outputs=[Reference.Output(display_name="reference"), io.String.Output(display_name="summary")],
@@ -128,27 +126,27 @@ class CharacterReference(io.ComfyNode):
         if path is None:  # linked from another node: checked when it runs
             return True
         try:
-            p = core.resolve_source(path, _search_dirs())
+            core.resolve_source(path, folders.allowed_roots())
         except KohyaExtError as e:
             return str(e)
-        if not p.exists():
-            return f"{p}: no such file or folder"
         return _check_device(device) if device is not None else True
 
     @classmethod
     def fingerprint_inputs(cls, path, backend, device, face_detector="yolov3", landmark_weights="", detector_weights=""):
+        roots = folders.allowed_roots()
         try:
-            p = core.resolve_source(path, _search_dirs())
+            p = core.resolve_source(path, roots)
         except KohyaExtError as e:
             return f"error: {e}"
         return "|".join([str(p), backend, device, str(face_detector), str(landmark_weights), str(detector_weights),
-                         core.source_fingerprint(p)])
+                         core.source_fingerprint(p, roots)])
 
     @classmethod
     def execute(cls, path, backend, device, face_detector="yolov3", landmark_weights="", detector_weights="") -> io.NodeOutput:
-        src = core.resolve_source(path, _search_dirs())
+        roots = folders.allowed_roots()
+        src = core.resolve_source(path, roots)
         ref = core.reference_from_path(src, _spec(backend, device, face_detector, landmark_weights, detector_weights),
-                                       progress=_progress())
+                                       progress=_progress(), roots=roots)
         text = ref.describe()
         return io.NodeOutput(ref, text, ui=ui.PreviewText(text))
 
