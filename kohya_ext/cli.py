@@ -163,7 +163,7 @@ def _write_overlays(report, out_dir) -> None:
     from .overlay import write_report_overlays
 
     written: list = []
-    _write_or_explain(Path(out_dir) / "overlays", "overlay images in", lambda: written.extend(write_report_overlays(report, out_dir)))
+    _write_or_explain(Path(out_dir), "overlay images in", lambda: written.extend(write_report_overlays(report, out_dir)))
     print(f"overlays: {len(written)} images in {out_dir}")
 
 
