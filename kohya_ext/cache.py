@@ -55,10 +55,19 @@ class MeasurementCache:
         self.namespace = hashlib.sha256(ns.encode()).hexdigest()[:16]
         self.path = Path(cache_dir or default_cache_dir()) / f"measurements-{self.namespace}.json"
         self._dirty = False
+        self._stamp = self._file_stamp()
         self._entries, self._stat = self._read()
         # only what this process measured is merged into the file on flush (other writers keep theirs)
         self._new_entries: dict[str, dict] = {}
         self._new_stat: dict[str, list] = {}
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        """(mtime, size) of the cache file: a flush re-reads it only when another writer changed it."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
 
     def _read(self) -> tuple[dict[str, dict], dict[str, list]]:
         """The cache file's entries and stat index; a damaged file reads as empty (said once) and is
@@ -122,12 +131,14 @@ class MeasurementCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
-                entries, stat = self._read()
-                entries.update(self._new_entries)
-                stat.update(self._new_stat)
-                atomic_write_text(self.path, dumps_json({"entries": entries, "stat": stat}))
-            self._entries.update(entries)
-            self._stat.update(stat)
+                if self._file_stamp() != self._stamp:  # another process wrote since we read: take its entries
+                    entries, stat = self._read()
+                    self._entries.update(entries)
+                    self._stat.update(stat)
+                self._entries.update(self._new_entries)
+                self._stat.update(self._new_stat)
+                atomic_write_text(self.path, dumps_json({"entries": self._entries, "stat": self._stat}))
+                self._stamp = self._file_stamp()
             self._new_entries, self._new_stat = {}, {}
             self._dirty = False
         except (OSError, LockTimeout) as e:  # a read-only or busy cache must not break scoring
