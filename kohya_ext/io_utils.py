@@ -22,6 +22,17 @@ from .errors import KohyaExtError
 STALE_TMP_SECONDS = 600
 
 
+def _read_umask() -> int:
+    # read once at import: setting the umask to read it is process-wide, and a thread of the trainer
+    # or of a ComfyUI server creating a file in that instant would get the wrong mode
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 class DamagedFileError(KohyaExtError, ValueError):
     """A file of ours (or given as one) that does not hold what it should: one line naming it and the fix."""
 
@@ -62,10 +73,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     remove_stale_tmp(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would (umask applied)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        # mkstemp makes the file 0600; give it the mode a plain open() would (umask applied).
+        # os.fchmod is POSIX-only before Python 3.13; Windows has no such modes to fix.
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_UMASK)
         kw = {} if binary else {"encoding": "utf-8", "errors": "backslashreplace", "newline": ""}
         with os.fdopen(fd, "wb" if binary else "w", **kw) as f:
             write(f)
