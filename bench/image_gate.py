@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import kohya_ext.backends.nvxs as nvxs_module
 import kohya_ext.images as images_module
 from kohya_ext.backends import BackendSpec
 from kohya_ext.images import MAX_DETECT_PIXELS, fit_for_detection, load_image
@@ -37,12 +36,12 @@ TILE = 512
 @contextmanager
 def gate_lifted():
     """Detection at full size, as before the gate (for comparison only: unsafe on huge images)."""
-    saved = images_module.MAX_DETECT_PIXELS, nvxs_module.MAX_DETECT_PIXELS
-    images_module.MAX_DETECT_PIXELS = nvxs_module.MAX_DETECT_PIXELS = 10**12
+    saved = images_module.MAX_DETECT_PIXELS  # the gate and the backends' check both read it from there
+    images_module.MAX_DETECT_PIXELS = 10**12
     try:
         yield
     finally:
-        images_module.MAX_DETECT_PIXELS, nvxs_module.MAX_DETECT_PIXELS = saved
+        images_module.MAX_DETECT_PIXELS = saved
 
 
 def tiles(grid: Path) -> list[np.ndarray]:
