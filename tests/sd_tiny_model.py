@@ -60,6 +60,8 @@ class TinySD:
     resolution: int
     n_images: int
     tokenizer_source: str  # "clip-bpe" (real CLIP vocab) or "byte-level" (no BPE file found)
+    family: str = "sd15"  # sd15 | sdxl
+    script: str = "train_network.py"  # the sd-scripts script that trains this family
 
     def train_network_args(
         self,
@@ -98,7 +100,16 @@ class TinySD:
             "--sample_sampler", "euler_a",
             "--logging_dir", str(logging_dir),
             "--log_with", "tensorboard",
+            *FAMILY_ARGS.get(self.family, []),
         ]
+
+
+#: each family's usual LoRA options (docs/training.md, families), replacing the SD1.x defaults above where both are given
+FAMILY_ARGS: dict[str, list[str]] = {
+    # the issue-16 recipe: cached latents and text-encoder outputs, U-Net only, bf16 throughout, checkpointing
+    "sdxl": ["--cache_latents", "--cache_text_encoder_outputs", "--network_train_unet_only", "--mixed_precision", "bf16",
+             "--full_bf16", "--gradient_checkpointing", "--save_precision", "bf16"],
+}
 
 
 def find_clip_bpe(bpe_path: str | os.PathLike | None = None) -> bytes | None:
@@ -257,30 +268,95 @@ def build_tiny_sd15(
     )
     model_dir = root / "model"
     pipe.save_pretrained(str(model_dir), safe_serialization=True)
+    return _write_dataset(root, model_dir, n_images, resolution, tok_source)
 
+
+#: SDXL base's U-Net, as diffusers writes it (stabilityai/stable-diffusion-xl-base-1.0 unet/config.json).
+#: sd-scripts converts it into its fixed-layout SdxlUNet2DConditionModel: nothing in it can shrink.
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+#: sd-scripts looks the second SDXL tokenizer up under this name in --tokenizer_cache_dir
+SDXL_TOKENIZER2_DIR_NAME = "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"
+
+
+def build_tiny_sdxl(
+    out_dir: str | os.PathLike,
+    n_images: int = 4,
+    resolution: int = 64,
+    bpe_path: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> TinySD:
+    """A randomly initialised SDXL set-up sd-scripts' sdxl_train_network.py loads as a diffusers folder.
+
+    The U-Net is SDXL's full layout (2.57 B parameters, built and saved in bf16: ~4.8 GB), because
+    sd-scripts converts it into a fixed-size class. The text encoders keep only what sd-scripts
+    reads: widths 768 and 1280 (their concatenation is the U-Net's 2048 context; the pooled 1280
+    output feeds the 2816-wide time embedding), 12 layers for the first (sd-scripts takes
+    hidden_states[11]) and 2 for the second (hidden_states[-2]), narrow MLPs. The VAE is SD1.x's
+    tiny one (4 latent channels, /8). Built in ~1-2 min on 2 cores; peak RAM ~6 GB.
+    """
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    root = Path(out_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer, tok_source = build_tokenizer(root / "tokenizers" / TOKENIZER_DIR_NAME, bpe_path)
+    tokenizer_2, _ = build_tokenizer(root / "tokenizers" / SDXL_TOKENIZER2_DIR_NAME, bpe_path)
+
+    def clip_config(width: int, layers: int, heads: int) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * heads, num_hidden_layers=layers,
+                              num_attention_heads=heads, max_position_embeddings=77, projection_dim=width,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, hidden_act="gelu")
+
+    text_encoder = CLIPTextModel(clip_config(768, 12, 12))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_config(1280, 2, 20))
+    with torch.no_grad():  # see build_tiny_sd15: a zero-mean embedding makes the lpw sampler divide 0 by 0
+        text_encoder.text_model.final_layer_norm.bias.normal_(0.1, 0.1)
+        text_encoder_2.text_model.final_layer_norm.bias.normal_(0.1, 0.1)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16: 5 GB instead of 10 GB at peak
+    try:
+        unet = UNet2DConditionModel(**SDXL_UNET)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4, sample_size=resolution)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+    model_dir = root / "model"
+    pipe.save_pretrained(str(model_dir), safe_serialization=True)
+    tiny = _write_dataset(root, model_dir, n_images, resolution, tok_source, family="sdxl", script="sdxl_train_network.py")
+    return tiny
+
+
+def _write_dataset(root: Path, model_dir: Path, n_images: int, resolution: int, tok_source: str, **kind) -> TinySD:
+    """The training folder, prompt file and tiny_sd.json shared by every family's set-up."""
     train_dir = root / "train"
     sub = train_dir / "1_tadne"  # kohya's "<repeats>_<name>" folder
     sub.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(_dataset_images(n_images, resolution)):
         img.save(sub / f"{i:02d}.png")
         (sub / f"{i:02d}.txt").write_text("tadne, 1girl, portrait, anime\n", encoding="utf-8")
-
     prompts = root / "prompts.txt"
     prompts.write_text(
         f"tadne, 1girl, portrait --w {resolution} --h {resolution} --d 1 --s 2 --l 7\n"
         f"tadne, 1girl, smile --w {resolution} --h {resolution} --d 2 --s 2 --l 7\n",
         encoding="utf-8",
     )
-    tiny = TinySD(
-        root=str(root),
-        model_dir=str(model_dir),
-        tokenizer_cache_dir=str(root / "tokenizers"),
-        train_data_dir=str(train_dir),
-        prompts_file=str(prompts),
-        resolution=resolution,
-        n_images=n_images,
-        tokenizer_source=tok_source,
-    )
+    tiny = TinySD(root=str(root), model_dir=str(model_dir), tokenizer_cache_dir=str(root / "tokenizers"),
+                  train_data_dir=str(train_dir), prompts_file=str(prompts), resolution=resolution, n_images=n_images,
+                  tokenizer_source=tok_source, **kind)
     (root / "tiny_sd.json").write_text(json.dumps(asdict(tiny), indent=2), encoding="utf-8")
     return tiny
 
@@ -293,6 +369,9 @@ def load_tiny_sd(out_dir: str | os.PathLike) -> TinySD:
     return TinySD(**json.loads(path.read_text(encoding="utf-8")))
 
 
+BUILDERS = {"sd15": build_tiny_sd15, "sdxl": build_tiny_sdxl}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out_dir")
@@ -300,10 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--steps", type=int, default=4, help="max_train_steps in the printed command")
+    ap.add_argument("--family", choices=sorted(BUILDERS), default="sd15")
     args = ap.parse_args(argv)
-    tiny = build_tiny_sd15(args.out_dir, n_images=args.images, resolution=args.resolution, bpe_path=args.bpe)
+    tiny = BUILDERS[args.family](args.out_dir, n_images=args.images, resolution=args.resolution, bpe_path=args.bpe)
     print(json.dumps(asdict(tiny), indent=2))
-    cmd = ["train_network.py", *tiny.train_network_args(Path(tiny.root) / "out", steps=args.steps)]
+    cmd = [tiny.script, *tiny.train_network_args(Path(tiny.root) / "out", steps=args.steps)]
     print(" ".join(cmd), file=sys.stderr)
     return 0
 

@@ -1,0 +1,94 @@
+"""Real sd-scripts, other families than SD1.x, through kohya-ext on randomly initialised models (CPU).
+
+Each family's model is built once by tests/sd_tiny_model.py (``--family``) with the sd-scripts venv
+and cached outside the repository (``$TINY_MODELS_DIR/tiny-<family>``, default ~/.cache/kohya-ext);
+its layout is the one sd-scripts loads, shrunk only where sd-scripts reads the size from the files.
+
+Needs KOHYA_SD_SCRIPTS and KOHYA_SD_PYTHON (else skipped, saying which); run by
+scripts/test_sd_checkout.sh. What each family costs here: docs/training.md, "Families".
+
+Per family, with that family's usual options (tests/sd_tiny_model.FAMILY_ARGS): two evaluations at the
+step saves, consistency curves in TensorBoard at those steps next to the loss, the leaderboard, a
+``-best`` copy whose metadata names the crowned step, and an early stop (patience 1) before the last
+step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("standin_harness", REPO / "tests" / "standin" / "harness.py")
+h = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(h)
+
+SD = os.environ.get("KOHYA_SD_SCRIPTS")
+PY = os.environ.get("KOHYA_SD_PYTHON")
+MODELS = Path(os.environ.get("TINY_MODELS_DIR", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kohya-ext"))
+
+pytestmark = [
+    pytest.mark.skipif(not SD, reason="KOHYA_SD_SCRIPTS is unset: point it at an sd-scripts checkout to run the real family tests"),
+    pytest.mark.skipif(not PY, reason="KOHYA_SD_PYTHON is unset: point it at a python that has sd-scripts' requirements"),
+]
+
+#: family -> extra options of a variant (the family's base options are FAMILY_ARGS in sd_tiny_model.py)
+VARIANTS = {
+    "sdxl": [],
+    "sdxl-vpred": ["--v_parameterization", "--zero_terminal_snr"],  # NoobAI-style v-prediction bases
+}
+
+
+def _model(family: str) -> dict:
+    root = MODELS / f"tiny-{family}"
+    if not (root / "tiny_sd.json").exists():
+        subprocess.run([PY, str(REPO / "tests" / "sd_tiny_model.py"), str(root), "--family", family],
+                       check=True, capture_output=True, timeout=1800)
+    return json.loads((root / "tiny_sd.json").read_text())
+
+
+def _args(root: str, out: Path, steps: int) -> list[str]:
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from sd_tiny_model import load_tiny_sd; "
+            f"print(chr(10).join(load_tiny_sd({root!r}).train_network_args({str(out)!r}, steps={steps}, save_every=2, sample_every=2)))")
+    return subprocess.run([PY, "-c", code], check=True, capture_output=True, text=True).stdout.splitlines()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_family_trains_evaluates_keeps_best_and_stops_early(variant, tmp_path, tadne_tiles):
+    family = variant.split("-")[0]
+    tiny = _model(family)
+    if not (Path(SD) / tiny["script"]).is_file():
+        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no {tiny['script']}")
+    from PIL import Image
+
+    ref = tmp_path / "reference"  # 64 px renders hold no face; the reference is 8 full-size portraits
+    ref.mkdir()
+    for i in range(8):
+        Image.fromarray(tadne_tiles[i]).save(ref / f"{i:02d}.png")
+    out = tmp_path / "out"
+    ours = ["--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
+            "--consistency_reference", str(ref), "--consistency_patience", "1", "--consistency_warmup", "1"]
+    env = {"PYTHONPATH": str(h.working_tree_overlay(tmp_path, PY)), "OMP_NUM_THREADS": "2"}
+    proc = h.run_trainer(tmp_path, _args(tiny["root"], out, 6) + VARIANTS[variant] + ours, env=env, script=tiny["script"],
+                         sd_scripts=Path(SD), python=PY, timeout=5400)
+    print(proc.stdout[-4000:])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
+    assert [(r["kohya_step"], r["trigger"], r["checkpoint"]) for r in board] == [
+        (2, "step_save", "tiny-step00000002.safetensors"), (4, "step_save", "tiny-step00000004.safetensors")], board
+    assert all(r["status"] == "ok" and 0 <= r["score"] <= 1 for r in board), board
+    assert board[-1]["stop"] is True and board[-1]["stop_reason"] == "patience_exhausted", board[-1]
+    assert not (out / "tiny-step00000006.safetensors").exists()  # stopped at step 4 of 6
+    assert "stopped early" in proc.stdout + proc.stderr
+    tb = h.read_tensorboard(out / "logs")
+    assert sorted(s for s, _ in tb["consistency/score"]) == [2, 4] and {2, 4} <= {s for s, _ in tb["loss/average"]}
+    from kohya_ext.training.best import read_metadata
+
+    best = next(r for r in board if r["is_best"])
+    meta = read_metadata(out / "tiny-best.safetensors")
+    assert meta["kohya_ext_consistency_step"] == str(best["kohya_step"]) == meta["ss_steps"]
