@@ -24,18 +24,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("standin_harness", REPO / "tests" / "standin" / "harness.py")
-h = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(h)
+_spec = importlib.util.spec_from_file_location("real_sd_test", REPO / "tests" / "test_train_sd_scripts.py")
+real = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(real)  # the harness, the checkout and venv variables and their skip reasons (as test_gui_sd_scripts)
 
-SD = os.environ.get("KOHYA_SD_SCRIPTS")
-PY = os.environ.get("KOHYA_SD_PYTHON")
+h = real.h
+SD, PY = real.SD, real.PY
+pytestmark = real.pytestmark
 MODELS = Path(os.environ.get("TINY_MODELS_DIR", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kohya-ext"))
 
-pytestmark = [
-    pytest.mark.skipif(not SD, reason="KOHYA_SD_SCRIPTS is unset: point it at an sd-scripts checkout to run the real family tests"),
-    pytest.mark.skipif(not PY, reason="KOHYA_SD_PYTHON is unset: point it at a python that has sd-scripts' requirements"),
-]
 
 #: family -> extra options of a variant (the family's base options are FAMILY_ARGS in sd_tiny_model.py)
 VARIANTS = {
