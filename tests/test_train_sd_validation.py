@@ -1,0 +1,80 @@
+"""Real sd-scripts' own validation loss and kohya-ext's evaluations in the same training (tiny SD1.x, CPU).
+
+sd-scripts v0.10+ splits a validation set off the training images (``--validation_split``) and
+computes a validation loss every ``--validate_every_n_steps`` and at each epoch end, under its own
+seed, restoring the training RNG afterwards. kohya-ext renders and scores at the same save steps.
+Neither may disturb the other: the same run with and without ``--consistency`` must train on the
+same batches to the same losses (every training and validation loss in TensorBoard equal), and
+kohya-ext must evaluate at the same steps as it does without a validation set.
+
+Needs KOHYA_SD_SCRIPTS and KOHYA_SD_PYTHON (else skipped, saying which); run by
+scripts/test_sd_checkout.sh. About 4 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("real_sd_test", REPO / "tests" / "test_train_sd_scripts.py")
+real = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(real)  # the harness, the checkout variables, the tiny model and their skip reasons
+
+h = real.h
+SD, PY = real.SD, real.PY
+pytestmark = real.pytestmark
+
+VALIDATION = ["--validation_split", "0.5", "--validate_every_n_steps", "2", "--validation_seed", "7"]
+
+
+def _train(root: Path, tiny: dict, extra: list[str]) -> dict[str, list[tuple[int, float]]]:
+    root.mkdir()
+    out = root / "out"
+    env = {"PYTHONPATH": str(real._overlay(root)), "OMP_NUM_THREADS": "2"}
+    proc = h.run_trainer(root, real._args(tiny, out) + VALIDATION + extra, env=env, sd_scripts=Path(SD), python=PY,
+                         timeout=1500)
+    print(proc.stdout[-3000:])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    return h.read_tensorboard(out / "logs")
+
+
+def test_validation_loss_and_consistency_share_a_run_without_disturbing_each_other(tmp_path, tadne_tiles):
+    if not (Path(SD) / "train_network.py").is_file():
+        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no train_network.py")
+    if "--validation_split" not in (Path(SD) / "train_network.py").read_text(encoding="utf-8"):
+        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} predates sd-scripts' validation loss (v0.10)")
+    tiny = real._tiny()
+    from PIL import Image
+
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    for i in range(8):
+        Image.fromarray(tadne_tiles[i]).save(ref / f"{i:02d}.png")
+    ours = ["--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
+            "--consistency_reference", str(ref)]
+
+    plain = _train(tmp_path / "plain", tiny, [])
+    both = _train(tmp_path / "both", tiny, ours)
+
+    val_steps = [s for s, _ in both["loss/validation/step_average"]]
+    assert sorted(val_steps) == [2, 4], both["loss/validation/step_average"]
+    assert any(k.startswith("loss/validation/epoch") for k in both), sorted(both)
+    # Every loss sd-scripts logs, training and validation, per step and per epoch: equal to the digit.
+    for tag in sorted(k for k in plain if k.startswith("loss/")):
+        assert sorted(both[tag]) == sorted(plain[tag]), (tag, plain[tag], both[tag])
+    assert sorted(s for s, _ in both["consistency/score"]) == [2, 4]
+    assert not any(k.startswith("consistency/") for k in plain)
+
+    board = json.loads((tmp_path / "both" / "out" / "consistency" / "leaderboard.json").read_text())["evaluations"]
+    assert [(r["kohya_step"], r["trigger"], r["status"]) for r in board] == [(2, "step_save", "ok"), (4, "step_save", "ok")]
+    # The user's own samples are the same pictures with and without kohya-ext's renders in between.
+    def samples(run: str) -> dict[str, bytes]:  # sd-scripts names them <name>_<step>_<index>_<time>_<seed>.png
+        return {re.sub(r"_\d{14}_", "_", p.name): p.read_bytes() for p in (tmp_path / run / "out" / "sample").glob("*.png")}
+
+    plain_samples = samples("plain")
+    assert len(plain_samples) == 4 and samples("both") == plain_samples
