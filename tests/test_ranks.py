@@ -42,6 +42,7 @@ def test_accelerate_typed_no_with_a_two_rank_group_goes_through_torch(monkeypatc
     acc = _Acc(DistributedType.NO, 2)
     sync = ranks.rank_sync(acc)
     assert (sync.mode, sync.world, sync.distributed_type, sync.backend) == (ranks.TORCH, 2, "NO", "gloo")
+    monkeypatch.setattr(ranks, "_default_store", lambda: None)  # a torch without the store: the collective
     sync.barrier(acc)
     assert sync.broadcast(None) == "STOP"
     assert torch_calls == ["barrier", ("broadcast", 0)] and acc.waits == 0
@@ -59,6 +60,7 @@ def test_accelerate_distributed_uses_accelerate_helpers(monkeypatch, torch_calls
         box[0] = "STOP"
 
     monkeypatch.setattr(accelerate.utils, "broadcast_object_list", bcast)
+    monkeypatch.setattr(ranks, "_default_store", lambda: None)  # no torch.distributed store (e.g. XLA)
     acc = _Acc(DistributedType.MULTI_CPU, 2)
     sync = ranks.rank_sync(acc)
     assert sync.mode == ranks.ACCELERATE and sync.distributed_type == "MULTI_CPU"
@@ -90,3 +92,47 @@ def test_an_accelerator_without_a_type_reads_its_state():
         num_processes = 4
 
     assert ranks.rank_sync(_Old()).mode == ranks.ACCELERATE
+
+
+def test_store_broadcast_hands_rank_0s_decision_to_a_rank_that_asked_first():
+    """The torch path's broadcast goes through the group's key-value store (no gloo worker thread,
+    see store_broadcast): rank 1 asks before rank 0 has decided, waits, and gets rank 0's value;
+    the next evaluation's broadcast is a new key, so it never reads the previous answer."""
+    import datetime
+    import threading
+    import time
+
+    import torch.distributed as dist
+
+    store = dist.HashStore()
+    store.set_timeout(datetime.timedelta(seconds=30))
+    got: list = []
+    rank1 = threading.Thread(target=lambda: got.extend([ranks.store_broadcast(store, 1, "mine", 1),
+                                                        ranks.store_broadcast(store, 1, "mine", 2)]))
+    rank1.start()
+    time.sleep(0.3)
+    assert got == [] and rank1.is_alive()  # waiting for rank 0
+    assert ranks.store_broadcast(store, 0, "early stop at step 6", 1) == "early stop at step 6"
+    time.sleep(0.1)
+    assert ranks.store_broadcast(store, 0, None, 2) is None
+    rank1.join(10)
+    assert got == ["early stop at step 6", None]
+
+
+@pytest.mark.parametrize("dtype", [DistributedType.NO, DistributedType.MULTI_CPU])
+def test_a_group_with_a_store_broadcasts_through_it_on_either_path(monkeypatch, torch_calls, dtype):
+    """accelerate's path (MULTI_CPU, accelerate <= 1.12) and the torch path alike: no tensor collective."""
+    import datetime
+
+    import torch.distributed as dist
+
+    store = dist.HashStore()
+    store.set_timeout(datetime.timedelta(seconds=10))
+    monkeypatch.setattr(ranks, "_torch_world", lambda: (2, "gloo"))
+    monkeypatch.setattr(ranks, "_default_store", lambda: store)
+    monkeypatch.setattr(ranks, "_broadcasts", 0)
+    monkeypatch.setattr(dist, "get_rank", lambda *a: 1)
+    ranks.store_broadcast(store, 0, "STOP from the store", 1)  # what rank 0 sets
+    sync = ranks.rank_sync(_Acc(dtype, 2))
+    assert sync.mode in (ranks.TORCH, ranks.ACCELERATE)
+    assert sync.broadcast(None) == "STOP from the store" and torch_calls == []

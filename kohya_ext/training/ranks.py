@@ -106,17 +106,60 @@ class RankSync:
             dist.barrier()
 
     def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank (``obj`` as given without several ranks to agree)."""
+        """Rank 0's ``obj`` (a JSON value: the stop message or None) on every rank (``obj`` as given
+        without several ranks to agree)."""
+        global _broadcasts
         box = [obj]
-        if self.mode == ACCELERATE:
+        store = _default_store() if self.mode in (ACCELERATE, TORCH) else None
+        if store is not None:  # every backend's group has one; see store_broadcast for why it is preferred
+            import torch.distributed as dist
+
+            _broadcasts += 1
+            return store_broadcast(store, dist.get_rank(), obj, _broadcasts)
+        if self.mode == ACCELERATE:  # e.g. XLA, without a torch.distributed group
             from accelerate.utils import broadcast_object_list
 
             broadcast_object_list(box, from_process=0)
         elif self.mode == TORCH:
             import torch.distributed as dist
 
-            dist.broadcast_object_list(box, src=0)
+            dist.broadcast_object_list(box, src=0)  # a torch without the store: the collective
         return box[0]
+
+
+_broadcasts = 0  # store broadcasts made by this process (see store_broadcast)
+
+
+def _default_store() -> Any:
+    try:
+        import torch.distributed as dist
+
+        return dist.distributed_c10d._get_default_store()
+    except Exception:
+        return None
+
+
+def store_broadcast(store: Any, rank: int, obj: Any, seq: int) -> Any:
+    """Rank 0's ``obj`` (a JSON value) through the process group's key-value store, not a gloo collective.
+
+    ``dist.broadcast_object_list`` hands Python tensors to a gloo worker thread, which drops the last
+    reference to them after the call has returned; on a busy machine that can happen only once the
+    interpreter is finalising, and the thread then needs the GIL it can no longer take: ``terminate
+    called without an active exception``, SIGABRT, a finished run that exits non-zero (core dump:
+    ``ProcessGroupGloo::AsyncWork::~AsyncWork`` -> ``decref_pyobject`` -> ``take_gil`` ->
+    ``pthread_exit``; ``destroy_process_group`` leaves those threads running here). The store has no
+    worker thread; ``get`` blocks until rank 0 has set the key, for at most the store's timeout.
+    JSON, not pickle: the store is a TCP port of the job.
+    """
+    import json
+
+    # ``seq``: every rank broadcasts in the same order, so its count names the same key on each.
+    # torchrun's own store outlives a restarted attempt (--max-restarts): a stale answer must not be read
+    key = f"kohya_ext/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/broadcast/{seq}"
+    if rank == 0:
+        store.set(key, json.dumps(obj))
+        return obj
+    return json.loads(store.get(key))
 
 
 def _env_world() -> int:
