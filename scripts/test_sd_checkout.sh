@@ -31,4 +31,4 @@ commit=$(git -C "$sd" rev-parse --short=8 HEAD 2>/dev/null || echo "not a git tr
 echo "test_sd_checkout: sd-scripts $sd ($commit), $("$py" -c 'import accelerate, torch; print("accelerate", accelerate.__version__, "torch", torch.__version__)')"
 cd "$here"
 export KOHYA_SD_SCRIPTS=$sd KOHYA_SD_PYTHON=$py TINY_SD_DIR=${TINY_SD_DIR:-$HOME/.cache/kohya-ext/tiny-sd15}
-exec "$test_py" -m pytest -q -rs tests/test_train_sd_scripts.py tests/test_gui_sd_scripts.py tests/test_presets_real.py tests/test_train_sd_families.py "${@:3}"
+exec "$test_py" -m pytest -q -rs tests/test_train_sd_scripts.py tests/test_gui_sd_scripts.py tests/test_presets_real.py tests/test_train_sd_validation.py tests/test_train_sd_families.py "${@:3}"
