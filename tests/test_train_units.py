@@ -275,3 +275,31 @@ def test_models_are_dropped_after_gpu_scoring_but_kept_on_a_cpu_only_worker(tmp_
     assert devices.evaluate_on_device(sc, job)["device"] == "cuda" and sc.backend._backend == "loaded models"
     monkeypatch.setattr(devices, "cuda_in_use", lambda: True)
     assert devices.evaluate_on_device(sc, job)["score"] == 0.5 and sc.backend._backend is None
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_best_copy_takes_the_checkpoints_permissions_and_metadata(tmp_path, suffix):
+    """-best is read by the same people and tools as kohya's own checkpoint: same mode bits (not
+    mkstemp's 0600), our metadata added, no temporary file left."""
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    from kohya_ext.training.best import META_SOURCE, copy_with_metadata, read_metadata
+
+    src = tmp_path / f"acc-step00000004{suffix}"
+    if suffix == ".safetensors":
+        save_file({"w": torch.ones(2)}, str(src), metadata={"ss_steps": "4"})
+    else:
+        src.write_bytes(b"pickled weights")
+    os.chmod(src, 0o640)
+    dst = copy_with_metadata(src, tmp_path / f"acc-best{suffix}", {"kohya_ext_consistency_step": "4"})
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o640
+    if suffix == ".safetensors":
+        meta = read_metadata(dst)
+        assert meta["ss_steps"] == "4" and meta["kohya_ext_consistency_step"] == "4" and meta[META_SOURCE] == src.name
+    else:
+        assert dst.read_bytes() == b"pickled weights"
+        assert json.loads((tmp_path / "acc-best.ckpt.json").read_text())[META_SOURCE] == src.name
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []

@@ -63,6 +63,7 @@ def copy_with_metadata(src: str | Path, dst: str | Path, extra: dict[str, str]) 
             from ..io_utils import atomic_write_text
 
             atomic_write_text(side, json.dumps({**extra, META_SOURCE: src.name}, indent=1))
+        shutil.copymode(src, tmp)  # kohya's checkpoint's permissions, not mkstemp's 0600
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
