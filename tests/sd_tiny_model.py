@@ -23,6 +23,11 @@ class, whose layout is fixed (320/640/1280/1280 channels, 2 resnets per block, 1
 per attention block). Only the cross-attention width (= text encoder width) and the head
 count are free, so the U-Net keeps ~800M parameters (~3.3 GB fp32 on disk); the text encoder
 and the VAE are tiny.
+
+Other families (`--family sdxl|anima|flux`, each builder's docstring says what it costs):
+Anima and FLUX.1 are built with sd-scripts' own model classes and the configs of its loaders,
+from the checkout named by `--sd_scripts` (default $KOHYA_SD_SCRIPTS); `model_dir` is then the
+DiT file, and the other model files are `TinySD.models` (--qwen3/--vae, --clip_l/--t5xxl/--ae).
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import logging
 import os
 import sys
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,9 +65,12 @@ class TinySD:
     prompts_file: str
     resolution: int
     n_images: int
-    tokenizer_source: str  # "clip-bpe" (real CLIP vocab) or "byte-level" (no BPE file found)
-    family: str = "sd15"  # sd15 | sdxl
+    tokenizer_source: str  # "clip-bpe" (real CLIP vocab), "byte-level" (no BPE file found), or Anima's (sd-scripts' own)
+    family: str = "sd15"  # sd15 | sdxl | anima | flux
     script: str = "train_network.py"  # the sd-scripts script that trains this family
+    # option name (no "--") -> path, for the families whose script loads several files (--qwen3, --vae,
+    # --clip_l, --t5xxl, --ae); model_dir is then the DiT file (--pretrained_model_name_or_path)
+    models: dict[str, str] = field(default_factory=dict)
 
     def train_network_args(
         self,
@@ -100,6 +109,7 @@ class TinySD:
             "--sample_sampler", "euler_a",
             "--logging_dir", str(logging_dir),
             "--log_with", "tensorboard",
+            *(a for name, path in self.models.items() for a in (f"--{name}", path)),
             *FAMILY_ARGS.get(self.family, []),
         ]
 
@@ -109,6 +119,19 @@ FAMILY_ARGS: dict[str, list[str]] = {
     # the issue-16 recipe: cached latents and text-encoder outputs, U-Net only, bf16 throughout, checkpointing
     "sdxl": ["--cache_latents", "--cache_text_encoder_outputs", "--network_train_unet_only", "--mixed_precision", "bf16",
              "--full_bf16", "--gradient_checkpointing", "--save_precision", "bf16"],
+    # docs/anima_train_network.md's recipe (LoRA on the DiT, cached latents and Qwen3 outputs, bf16, checkpointing,
+    # sigmoid timesteps, shift 1.0; attention is torch's by default). Token lengths 64 instead of 512: the LLM
+    # adapter and every block's cross-attention run over the padded T5/Qwen3 tokens, the main cost at 64 px.
+    "anima": ["--network_module", "networks.lora_anima", "--cache_latents", "--cache_text_encoder_outputs",
+              "--network_train_unet_only", "--mixed_precision", "bf16", "--gradient_checkpointing", "--save_precision", "bf16",
+              "--timestep_sampling", "sigmoid", "--discrete_flow_shift", "1.0",
+              "--qwen3_max_token_length", "64", "--t5_max_token_length", "64"],
+    # docs/flux_train_network.md's recipe (guidance 1.0, flux_shift timesteps, raw prediction) in bf16 with the
+    # brief's caching; T5 tokens 64 instead of 512: T5-XXL encodes every caption and prompt on the CPU.
+    "flux": ["--network_module", "networks.lora_flux", "--cache_latents", "--cache_text_encoder_outputs",
+             "--network_train_unet_only", "--t5xxl_max_token_length", "64", "--mixed_precision", "bf16",
+             "--gradient_checkpointing", "--save_precision", "bf16", "--guidance_scale", "1.0",
+             "--timestep_sampling", "flux_shift", "--model_prediction_type", "raw"],
 }
 
 
@@ -340,6 +363,244 @@ def build_tiny_sdxl(
     return tiny
 
 
+def _sd_scripts(sd_scripts: str | os.PathLike | None) -> Path:
+    """The sd-scripts checkout whose loaders define the DiT families' layouts (default $KOHYA_SD_SCRIPTS),
+    put on sys.path so that `library.*` imports."""
+    path = sd_scripts or os.environ.get("KOHYA_SD_SCRIPTS")
+    if not path or not (Path(path) / "library").is_dir():
+        raise SystemExit("this family is built with sd-scripts' own classes: pass --sd_scripts or set KOHYA_SD_SCRIPTS to a checkout")
+    path = Path(path).resolve()
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    return path
+
+
+def _loader_kwargs(module, class_name: str, load) -> dict:
+    """The keyword arguments sd-scripts' loader `load()` builds `module.<class_name>` with.
+
+    The Anima DiT's and the Qwen-Image VAE's configs are literals inside their loaders (the file
+    only fills the weights): captured from the loader rather than copied, so the model follows
+    whichever checkout builds it. The class is swapped for a function that stops the loader there.
+    """
+
+    class _Built(Exception):
+        pass
+
+    def capture(**kwargs):
+        raise _Built(kwargs)
+
+    cls = getattr(module, class_name)
+    setattr(module, class_name, capture)
+    try:
+        load()
+    except _Built as built:
+        return dict(built.args[0])
+    finally:
+        setattr(module, class_name, cls)
+    raise RuntimeError(f"{load} never built {class_name}: sd-scripts' loader changed")
+
+
+def save_safetensors_streaming(path: str | os.PathLike, layout: dict, tensors, metadata: dict[str, str] | None = None) -> None:
+    """Write a .safetensors file one tensor at a time.
+
+    `layout` ({name: (shape, torch dtype)}) makes the header, `tensors` yields (name, tensor) in
+    that order. safetensors' save_file first turns every tensor into bytes, twice the model in RAM
+    (11 GB peak for SDXL's 4.8 GB U-Net); T5-XXL alone is 9.5 GB and is generated block by block.
+    """
+    import math
+
+    import torch
+
+    names = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, (shape, dtype) in layout.items():
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": names[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # tensor data 8-byte aligned, as safetensors itself writes it
+    expected = iter(layout.items())
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for name, t in tensors:
+            want, (shape, dtype) = next(expected, (None, ((), None)))
+            if name != want or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                raise ValueError(f"{path}: got {name} {tuple(t.shape)} {t.dtype}, header says {want} {tuple(shape)} {dtype}")
+            f.write(memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+    if next(expected, None) is not None:
+        raise ValueError(f"{path}: fewer tensors than the header holds")
+
+
+def _save_module(path: Path, named: dict) -> None:
+    """`named` ({name: tensor}, e.g. a state dict) as safetensors, in its own dtypes."""
+    save_safetensors_streaming(path, {k: (tuple(v.shape), v.dtype) for k, v in named.items()}, named.items())
+
+
+def build_tiny_anima(
+    out_dir: str | os.PathLike,
+    n_images: int = 4,
+    resolution: int = 64,
+    bpe_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    sd_scripts: str | os.PathLike | None = None,
+) -> TinySD:
+    """A randomly initialised Anima set-up for sd-scripts' anima_train_network.py.
+
+    The DiT is sd-scripts' own `anima_models.Anima` with the fixed config its loader builds
+    (28 blocks, 2048 channels, LLM adapter: 2.09 B parameters), built in bf16 and saved as the
+    loader reads it (`net.` prefix, parameters only: the rope buffers are rebuilt on load):
+    4.2 GB. The Qwen3 text encoder is a folder (config + the checkout's configs/qwen3_06b
+    tokenizer): hidden width 1024 (the LLM adapter's input), 2 layers, a 64-wide MLP; its
+    151936-token embedding is most of its 0.3 GB. The T5 tokenizer is the checkout's
+    configs/t5_old (the loader's default). The Qwen-Image VAE has a fixed config too (random,
+    fp32, 0.5 GB). `sd_scripts`: the checkout (default $KOHYA_SD_SCRIPTS).
+    Measured (2 cores, v0.11.1): 5 min 13 s on a shared machine, du -sh 4.7 GB, peak RSS 5.2 GB.
+    """
+    import shutil
+
+    import torch
+
+    sd = _sd_scripts(sd_scripts)
+    from library import anima_models, anima_utils, qwen_image_autoencoder_kl
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    root = Path(out_dir).resolve()
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    # The loader builds the class and then reads the file: the capture stops it before the read.
+    dit_kwargs = _loader_kwargs(anima_models, "Anima", lambda: anima_utils.load_anima_model(
+        "cpu", str(model_dir / "absent.safetensors"), "torch", False, "cpu", torch.bfloat16))
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16: 4.2 GB instead of 8.4 GB
+    try:
+        dit = anima_models.Anima(**dit_kwargs)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    dit_path = model_dir / "anima_dit.safetensors"
+    _save_module(dit_path, {f"net.{k}": v for k, v in dit.named_parameters()})
+    del dit
+
+    vae_kwargs = _loader_kwargs(qwen_image_autoencoder_kl, "AutoencoderKLQwenImage",
+                                lambda: qwen_image_autoencoder_kl.load_vae(str(model_dir / "absent.safetensors")))
+    vae = qwen_image_autoencoder_kl.AutoencoderKLQwenImage(**vae_kwargs)
+    vae_path = model_dir / "qwen_image_vae.safetensors"
+    _save_module(vae_path, vae.state_dict())  # the loader reads it with strict=True: buffers too
+    del vae
+
+    qwen_dir = model_dir / "qwen3"
+    # Qwen3-0.6B's config with 2 layers and a narrow MLP (set before construction: the config derives per-layer lists)
+    qwen_json = json.loads((sd / "configs" / "qwen3_06b" / "config.json").read_text(encoding="utf-8"))
+    qwen_cfg = Qwen3Config(**{**qwen_json, "num_hidden_layers": 2, "max_window_layers": 2, "intermediate_size": 64})
+    qwen = Qwen3ForCausalLM(qwen_cfg).to(torch.bfloat16)
+    qwen.save_pretrained(str(qwen_dir), safe_serialization=True)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):  # AutoTokenizer reads the folder
+        shutil.copy(sd / "configs" / "qwen3_06b" / name, qwen_dir / name)
+    del qwen
+    return _write_dataset(root, dit_path, n_images, resolution, "qwen3+t5 (configs/ of sd-scripts)", family="anima",
+                          script="anima_train_network.py", models={"qwen3": str(qwen_dir), "vae": str(vae_path)})
+
+
+#: sd-scripts looks the FLUX.1 T5 tokenizer up under this name in --tokenizer_cache_dir (strategy_flux.T5_XXL_TOKENIZER_ID)
+T5_TOKENIZER_DIR_NAME = "google_t5-v1_1-xxl"
+
+
+def _t5_tensors(config, layout: dict):
+    """T5-XXL's encoder tensors in `layout` order with transformers' T5 init, one block alive at a time.
+
+    The shared embedding is yielded under both of its names (`shared.weight`, `encoder.embed_tokens.weight`),
+    as T5EncoderModel.state_dict() lists it: the loader ties them through one module anyway.
+    """
+    from transformers import T5Config, T5EncoderModel
+    from transformers.models.t5.modeling_t5 import T5Block
+
+    # 1 block: the embedding, block 0 (the only one with the relative attention bias), the final norm
+    outer = T5EncoderModel(T5Config.from_dict({**config.to_dict(), "num_layers": 1}))
+    outer_sd = outer.state_dict()
+    block_sd, block_i = {}, -1
+    for name in layout:
+        if not name.startswith("encoder.block."):
+            yield name, outer_sd[name]
+            continue
+        i = int(name.split(".")[2])
+        if i != block_i:
+            block = outer.encoder.block[0] if i == 0 else T5Block(outer.config, layer_idx=i)
+            if i:
+                block.apply(outer._init_weights)
+            block_sd, block_i = block.state_dict(), i
+        yield name, block_sd[name.split(".", 3)[3]]
+
+
+def build_tiny_flux(
+    out_dir: str | os.PathLike,
+    n_images: int = 4,
+    resolution: int = 64,
+    bpe_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    sd_scripts: str | os.PathLike | None = None,
+) -> TinySD:
+    """A randomly initialised FLUX.1 [dev] set-up for sd-scripts' flux_train_network.py.
+
+    The DiT is sd-scripts' `flux_models.Flux` with 1 double and 1 single block (the loader counts
+    the blocks in the file; everything else is FLUX.1 dev's layout, guidance embedding included):
+    0.55 B parameters, bf16, 1.1 GB. The AutoEncoder (fp32), CLIP-L and T5-XXL configs are fixed
+    by the loaders, which build them empty and fill them from the file without strict checking,
+    so a missing layer would stay on the meta device: T5-XXL is complete (4.76 B parameters, bf16,
+    9.5 GB), generated block by block and streamed to disk. Tokenizers in --tokenizer_cache_dir:
+    the CLIP one as for SD1.x, T5 from the checkout's configs/t5_old. `sd_scripts`: the checkout
+    (default $KOHYA_SD_SCRIPTS).
+    Measured (2 cores, v0.11.1): 2 min 3 s, du -sh 11 GB, peak RSS 2.2 GB (streamed).
+    """
+    from dataclasses import replace
+
+    import torch
+
+    sd = _sd_scripts(sd_scripts)
+    from library import flux_models, flux_utils
+    from transformers import CLIPTextModel, T5TokenizerFast
+
+    root = Path(out_dir).resolve()
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    _, tok_source = build_tokenizer(root / "tokenizers" / TOKENIZER_DIR_NAME, bpe_path)
+    t5_tok_dir = sd / "configs" / "t5_old"
+    T5TokenizerFast(vocab_file=str(t5_tok_dir / "spiece.model"), tokenizer_file=str(t5_tok_dir / "tokenizer.json")).save_pretrained(
+        str(root / "tokenizers" / T5_TOKENIZER_DIR_NAME))
+
+    paths = {name: model_dir / f"{name}.safetensors" for name in ("flux_dit", "clip_l", "t5xxl", "ae")}
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16, as FLUX.1 ships (the AE below excepted)
+    try:
+        dit = flux_models.Flux(replace(flux_models.configs[flux_utils.MODEL_NAME_DEV].params, depth=1, depth_single_blocks=1))
+        _save_module(paths["flux_dit"], dit.state_dict())
+        del dit
+        # Given a state dict, the text-encoder loaders read no file: they return the empty model of their fixed config
+        # (quietly: they would log every key of the empty dict as missing).
+        quiet = logging.getLogger(flux_utils.__name__)
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            clip_empty = flux_utils.load_clip_l(None, torch.bfloat16, "cpu", state_dict={})
+            t5_empty = flux_utils.load_t5xxl(None, torch.bfloat16, "cpu", state_dict={})
+        finally:
+            quiet.setLevel(level)
+        clip = CLIPTextModel(clip_empty.config)
+        _save_module(paths["clip_l"], clip.state_dict())
+        del clip
+        layout = {k: (tuple(v.shape), torch.bfloat16) for k, v in t5_empty.state_dict().items()}
+        save_safetensors_streaming(paths["t5xxl"], layout, _t5_tensors(t5_empty.config, layout))
+    finally:
+        torch.set_default_dtype(default_dtype)
+    ae = flux_models.AutoEncoder(flux_models.configs[flux_utils.MODEL_NAME_DEV].ae_params)
+    _save_module(paths["ae"], ae.state_dict())
+    return _write_dataset(root, paths["flux_dit"], n_images, resolution, tok_source, family="flux", script="flux_train_network.py",
+                          models={"clip_l": str(paths["clip_l"]), "t5xxl": str(paths["t5xxl"]), "ae": str(paths["ae"])})
+
+
 def _write_dataset(root: Path, model_dir: Path, n_images: int, resolution: int, tok_source: str, **kind) -> TinySD:
     """The training folder, prompt file and tiny_sd.json shared by every family's set-up."""
     train_dir = root / "train"
@@ -369,7 +630,9 @@ def load_tiny_sd(out_dir: str | os.PathLike) -> TinySD:
     return TinySD(**json.loads(path.read_text(encoding="utf-8")))
 
 
-BUILDERS = {"sd15": build_tiny_sd15, "sdxl": build_tiny_sdxl}
+#: families built from sd-scripts' own classes (their builders take `sd_scripts`)
+DIT_FAMILIES = ("anima", "flux")
+BUILDERS = {"sd15": build_tiny_sd15, "sdxl": build_tiny_sdxl, "anima": build_tiny_anima, "flux": build_tiny_flux}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,8 +643,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--steps", type=int, default=4, help="max_train_steps in the printed command")
     ap.add_argument("--family", choices=sorted(BUILDERS), default="sd15")
+    ap.add_argument("--sd_scripts", help="sd-scripts checkout for the DiT families (default $KOHYA_SD_SCRIPTS)")
     args = ap.parse_args(argv)
-    tiny = BUILDERS[args.family](args.out_dir, n_images=args.images, resolution=args.resolution, bpe_path=args.bpe)
+    extra = {"sd_scripts": args.sd_scripts} if args.family in DIT_FAMILIES else {}
+    tiny = BUILDERS[args.family](args.out_dir, n_images=args.images, resolution=args.resolution, bpe_path=args.bpe, **extra)
     print(json.dumps(asdict(tiny), indent=2))
     cmd = [tiny.script, *tiny.train_network_args(Path(tiny.root) / "out", steps=args.steps)]
     print(" ".join(cmd), file=sys.stderr)

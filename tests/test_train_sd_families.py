@@ -38,6 +38,8 @@ MODELS = Path(os.environ.get("TINY_MODELS_DIR", Path(os.environ.get("XDG_CACHE_H
 VARIANTS = {
     "sdxl": [],
     "sdxl-vpred": ["--v_parameterization", "--zero_terminal_snr"],  # NoobAI-style v-prediction bases
+    "anima": [],  # the 2 B DiT, Qwen3 folder and Qwen-Image VAE; model options in TinySD.models
+    "flux": [],  # FLUX.1 dev with 1 double + 1 single block, full CLIP-L and T5-XXL
 }
 
 
