@@ -94,8 +94,8 @@ def test_tensorboard_and_wandb_get_consistency_at_the_loss_steps(tmp_path, tadne
 def test_scorer_raise_segfault_and_hang_do_not_stop_training(tmp_path):
     h.make_dataset(tmp_path, 4)
     args = h.base_args(tmp_path, steps=8, save_every=2) + [
-        "--consistency", "--consistency_scorer", "fake_scorers:scripted", "--consistency_timeout", "12"]
-    # 12 s: a restarted worker must load within the next evaluation's deadline, which takes
+        "--consistency", "--consistency_scorer", "fake_scorers:scripted", "--consistency_timeout", "20"]
+    # 20 s: a restarted worker must load within the next evaluation's deadline, which takes
     # several seconds on a loaded 2-core machine (the hang itself is killed at the deadline)
     proc = h.run_trainer(tmp_path, args, env=_fake(tmp_path, "raise,segv,hang,0.7"))
     _ok(proc)
