@@ -1,11 +1,12 @@
-"""kohya-ext callbacks (installed as kohya_ext.callbacks).
+"""kohya-ext's training parts (installed as kohya_ext.callbacks), each with one job, as Lightning splits them.
 
-``ConsistencyCallback`` evaluates, logs, ranks and stops; it knows the trainer only through
-the accelerator, the args Namespace and a small ``surface`` object that
-``kohya_ext.patches.sd_scripts`` provides (checkpoint names, save cadence, rendering).
+``ConsistencyEvaluator`` renders and scores one evaluation; ``EarlyStopping`` decides whether to
+stop; ``BestCheckpoint`` crowns and keeps ``{output_name}-best``. ``kohya_ext.training.run.TrainingRun``
+drives them from the hooks ``kohya_ext.patches`` installs in sd-scripts.
 """
 
-from .base import Callback
-from .consistency import ConsistencyCallback, EarlyStopped
+from .best_checkpoint import BestCheckpoint
+from .early_stopping import EarlyStopping
+from .evaluator import ConsistencyEvaluator, Evaluation
 
-__all__ = ["Callback", "ConsistencyCallback", "EarlyStopped"]
+__all__ = ["BestCheckpoint", "ConsistencyEvaluator", "EarlyStopping", "Evaluation"]

@@ -250,18 +250,17 @@ class GuiSession:
 
         self.trainer, self.args, self.accelerator, self.plan = trainer, args, accelerator, plan_
         self.opts = from_args(plan_.options)
-        self.cb: Any = None
+        self.run: Any = None
         self.done = False
 
     def start(self) -> None:
-        from kohya_ext.callbacks import ConsistencyCallback
-        from kohya_ext.patches.sd_scripts import KohyaSurface, install_instance_hooks, resolve_surface
+        from kohya_ext.patches.sd_scripts import KohyaSurface, resolve_surface
+        from kohya_ext.training.run import TrainingRun
 
         self.surface = KohyaSurface(resolve_surface(type(self.trainer)))
-        self.cb = ConsistencyCallback(self.opts, self.surface)
-        is_main = self.accelerator.is_main_process if self.accelerator is not None else int(os.environ.get("RANK", "0")) == 0
-        self.cb.on_fit_start(self.args, is_main=is_main)
-        install_instance_hooks(self.trainer, self.cb, self.surface)
+        self.run = TrainingRun(self.opts, self.surface)
+        self.run.start(self.args)
+        self.run.install(self.trainer)
         self._wrap_trainer()
         atexit.register(self.finish, False)
 
@@ -270,7 +269,7 @@ class GuiSession:
         hooked_sample, hooked_post = t.sample_images, t.post_process_network
 
         def sample_images(accelerator, args, epoch, global_step, *rest):
-            from kohya_ext.callbacks import EarlyStopped
+            from kohya_ext.training.run import EarlyStopped
 
             try:
                 return hooked_sample(accelerator, args, epoch, global_step, *rest)
@@ -287,7 +286,7 @@ class GuiSession:
     def _wrap_save(self, network: Any) -> None:
         """Outermost save_weights: the file's metadata names the real module and its arguments,
         and the final save (``{output_name}.{ext}``, main process) ends the session."""
-        inner_save = network.save_weights  # the callback's layer
+        inner_save = network.save_weights  # the run's layer
         ext = "." + getattr(self.args, "save_model_as", "safetensors")
         last = self.surface.last_ckpt_name(self.args, ext)
 
@@ -296,7 +295,7 @@ class GuiSession:
                 metadata = fix_metadata(metadata, self.plan)
             out = inner_save(file, dtype, metadata)
             if os.path.basename(str(file)) == last:
-                self.finish(self.cb.stop_message is not None)
+                self.finish(self.run.stop_message is not None)
             return out
 
         network.save_weights = save_weights
@@ -305,22 +304,20 @@ class GuiSession:
         """After an early stop, on every rank at the same epoch end: the tail of ``train()``
         (trackers closed, optional end state, final save), then exit 0 - sd-scripts' loop has
         no other way out, and every family's ``__main__`` ends at ``trainer.train(args)``."""
-        from kohya_ext.patches.sd_scripts import finish_after_stop
-
-        finish_after_stop(self.args, self.surface.fns, self.cb, stop)
+        self.run.finish_after_stop(stop)
         self.finish(True)
         raise SystemExit(0)
 
     def finish(self, stopped: bool) -> None:
-        if self.done or self.cb is None:
+        if self.done or self.run is None:
             return
         self.done = True
         from kohya_ext.patches.sd_scripts import trace
 
         try:
-            self.cb.on_fit_end(getattr(self.cb, "accelerator", None) or self.accelerator, stopped)
+            self.run.end(stopped)
         finally:
-            trace("train_end", self.cb.current_step, self.cb.epoch, ())
+            trace("train_end", self.run.current_step, self.run.epoch, ())
 
 
 def fix_metadata(metadata: dict, plan_: Plan) -> dict:

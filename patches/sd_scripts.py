@@ -240,6 +240,12 @@ class KohyaSurface:
     def last_ckpt_name(self, args: Any, ext: str) -> str:
         return self.fns.get_last_ckpt_name(args, ext)
 
+    def install_hooks(self, trainer: Any, run: Any) -> None:
+        install_instance_hooks(trainer, run, self)
+
+    def finish_after_stop(self, args: Any, run: Any, stop: Any) -> None:
+        finish_after_stop(args, self.fns, run, stop)
+
 
 def render_with(sample_images: Any, accelerator: Any, args: Any, global_step: int, models: tuple) -> Any:
     """A render(prompt_file, out_dir) calling the family's own sampler with a shadow copy of args.
@@ -316,7 +322,8 @@ def trace(hook: str, step: Any = None, epoch: Any = None, args: tuple = ()) -> N
 
 # -- installing the hooks -------------------------------------------------------------------
 
-def install_instance_hooks(trainer: Any, cb: Any, surface: KohyaSurface) -> None:
+def install_instance_hooks(trainer: Any, run: Any, surface: KohyaSurface) -> None:
+    """sd-scripts' calls, on this trainer instance, reported to ``run`` (a kohya_ext.training.run.TrainingRun)."""
     orig_sample = trainer.sample_images  # bound: the family's own override
     orig_cache = trainer.cache_text_encoder_outputs_if_needed
     orig_post = trainer.post_process_network
@@ -325,21 +332,21 @@ def install_instance_hooks(trainer: Any, cb: Any, surface: KohyaSurface) -> None
 
     def sample_images(accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet):
         trace("sample_images", global_step, epoch, (accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet))
-        cb.check_stop(epoch, global_step)
+        run.check_stop(epoch, global_step)
         orig_sample(accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet)
         render = render_with(orig_sample, accelerator, args, global_step, (device, vae, tokenizers, text_encoder, unet))
-        cb.on_sample_point(accelerator, args, epoch, global_step, render)
+        run.sample_point(accelerator, args, epoch, global_step, render)
 
     def post_process_network(args, accelerator, network, text_encoders, unet):
         trace("post_process_network", None, None, (args, accelerator, network, text_encoders, unet))
         orig_post(args, accelerator, network, text_encoders, unet)
-        _wrap_network(network, cb)
-        cb.on_network_ready(accelerator, args, network)
+        _wrap_network(network, run)
+        run.network_ready(accelerator, network)
 
     def step_logging(accelerator, logs, global_step, epoch):
         trace("step_logging", global_step, epoch, (accelerator, logs, global_step, epoch))
         if isinstance(epoch, int):
-            cb.epoch = epoch  # kohya's own 1-based epoch (our counter can be off by one after a mid-epoch resume)
+            run.kohya_epoch(epoch)
         return orig_step_logging(accelerator, logs, global_step, epoch)
 
     def epoch_logging(accelerator, logs, global_step, epoch):
@@ -352,7 +359,7 @@ def install_instance_hooks(trainer: Any, cb: Any, surface: KohyaSurface) -> None
         trace("cache_text_encoder_outputs_if_needed", None, None, (args, accelerator, unet, vae, text_encoders, dataset, weight_dtype))
         user = args.sample_prompts
         try:
-            args.sample_prompts = str(cache_prompt_file(cb.prompt_file, user, surface.fns.load_prompts, cb.folder / "prompts-to-cache.json"))
+            args.sample_prompts = str(cache_prompt_file(run.prompt_file, user, surface.fns.load_prompts, run.folder / "prompts-to-cache.json"))
         except Exception as e:  # never block training over our prompts
             say(f"could not add the evaluation prompts to the prompt cache: {e}")
             return orig_cache(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
@@ -368,45 +375,45 @@ def install_instance_hooks(trainer: Any, cb: Any, surface: KohyaSurface) -> None
     trainer.epoch_logging = epoch_logging
 
 
-def _wrap_network(network: Any, cb: Any) -> None:
+def _wrap_network(network: Any, run: Any) -> None:
     """Know every checkpoint kohya writes (``save_weights`` at each save) and every epoch start."""
     orig_save = network.save_weights
     orig_epoch = getattr(network, "on_epoch_start", None)
 
     def save_weights(file, dtype, metadata):
-        trace("save_weights", cb.current_step, None, (file, dtype, metadata))
+        trace("save_weights", run.current_step, None, (file, dtype, metadata))
         out = orig_save(file, dtype, metadata)
-        cb.on_checkpoint_saved(file, metadata, dtype)
+        run.checkpoint_saved(file, metadata, dtype)
         return out
 
     def on_epoch_start(*a, **kw):
-        trace("on_epoch_start", cb.current_step, None, a)
-        cb.on_epoch_start()
+        trace("on_epoch_start", run.current_step, None, a)
+        run.epoch_started()
         return orig_epoch(*a, **kw) if orig_epoch else None
 
     network.save_weights = save_weights
     network.on_epoch_start = on_epoch_start
 
 
-def finish_after_stop(args: Any, fns: Any, cb: Any, stop: Any) -> None:
+def finish_after_stop(args: Any, fns: Any, run: Any, stop: Any) -> None:
     """The tail of ``train()`` (L1719-1729) after an early stop left it at the epoch end:
     trackers closed, optional end state, and the final ``{output_name}.{ext}`` written from
     the weights of the stop step (no optimizer step ran after the decision)."""
-    accelerator = cb.accelerator
+    accelerator = run.accelerator
     accelerator.end_training()
     if accelerator.is_main_process and (getattr(args, "save_state", False) or getattr(args, "save_state_on_train_end", False)):
         fns.save_state_on_train_end(args, accelerator)
-    if accelerator.is_main_process and cb.network is not None:
+    if accelerator.is_main_process and run.network is not None:
         ext = "." + args.save_model_as
         path = os.path.join(args.output_dir, fns.get_last_ckpt_name(args, ext))
-        last = cb.last_save or {}
+        last = run.last_save or {}
         meta = dict(last.get("metadata") or {})
         if meta:
-            meta.update(ss_steps=str(stop.global_step), ss_epoch=str(cb.epoch), ss_training_finished_at=str(time.time()))
+            meta.update(ss_steps=str(stop.global_step), ss_epoch=str(run.epoch), ss_training_finished_at=str(time.time()))
             meta["kohya_ext_early_stop"] = stop.message
         os.makedirs(args.output_dir, exist_ok=True)
         say(f"saving final checkpoint after the early stop: {path}")
-        cb.network.save_weights(path, last.get("dtype"), meta if meta else None)
+        run.network.save_weights(path, last.get("dtype"), meta if meta else None)
 
 
 def install(module: Any) -> None:
@@ -435,21 +442,20 @@ def install(module: Any) -> None:
         opts = from_args(args)
         if not opts.enabled:
             return orig_train(self, args)
-        from kohya_ext.callbacks import ConsistencyCallback, EarlyStopped
+        from kohya_ext.training.run import EarlyStopped, TrainingRun
 
-        surface = KohyaSurface(checked)
-        cb = ConsistencyCallback(opts, surface)
-        cb.on_fit_start(args, is_main=int(os.environ.get("RANK", "0")) == 0)
-        install_instance_hooks(self, cb, surface)
+        run = TrainingRun(opts, KohyaSurface(checked))
+        run.start(args)
+        run.install(self)
         stopped = False
         try:
             orig_train(self, args)
         except EarlyStopped as stop:
             stopped = True
-            finish_after_stop(args, surface.fns, cb, stop)
+            run.finish_after_stop(stop)
         finally:
-            cb.on_fit_end(getattr(cb, "accelerator", None), stopped)
-        trace("train_end", cb.current_step, cb.epoch, ())
+            run.end(stopped)
+        trace("train_end", run.current_step, run.epoch, ())
 
     train._kohya_ext = True
     base.train = train

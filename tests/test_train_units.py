@@ -79,7 +79,8 @@ def test_leaderboard_roundtrip_and_atomic(tmp_path, monkeypatch):
     lb = Leaderboard(tmp_path)
     lb.add({"status": "ok", "cum_step": 2, "kohya_step": 2, "score": 0.4, "is_best": True})
     lb.add({"status": "ok", "cum_step": 4, "kohya_step": 4, "score": 0.6, "is_best": True})
-    lb.set_checkpoint(4, "x-step00000004.safetensors")
+    assert lb.set_checkpoint(4, "x-step00000004.safetensors") and not lb.set_checkpoint(4, "again.safetensors")
+    lb.write()  # the run writes, guarded (set_checkpoint only names the file)
     back = Leaderboard.load(tmp_path)
     assert [r["is_best"] for r in back.rows] == [False, True] and back.best()["checkpoint"] == "x-step00000004.safetensors"
     assert (tmp_path / "leaderboard.csv").read_text().splitlines()[0].startswith("eval,status,cum_step,kohya_step,epoch")

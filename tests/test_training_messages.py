@@ -28,12 +28,31 @@ def test_evaluation_line_names_a_new_best_or_a_memorised_one():
 
 def test_fit_end_names_the_best_and_the_stop():
     rows = [{"status": "ok"}, {"status": "failed"}, {"status": "ok"}]
-    assert messages.fit_end(rows, None, "x-best.safetensors", None) == "no best checkpoint: 2 evaluation(s) scored, 1 failed"
-    best = {"score": 0.7, "kohya_step": 4, "cum_step": 10, "epoch": 2, "checkpoint": "x-step00000004.safetensors"}
-    line = messages.fit_end(rows, best, "x-best.safetensors", "patience exhausted")
-    assert line == ("best consistency 0.7000 at step 4 (cumulative 10, epoch 2, x-step00000004.safetensors) -> x-best.safetensors; "
+    held = {"file": "x-best.safetensors", "holds": None, "error": None, "pending": None}
+    assert messages.fit_end(rows, None, held, None, {}) == "no best checkpoint: 3 evaluation(s): 2 scored, 1 failed"
+    best = {"eval": 3, "score": 0.7, "kohya_step": 4, "cum_step": 10, "epoch": 2, "checkpoint": "x-step00000004.safetensors"}
+    held["holds"] = {"eval": 3, "cum_step": 10}
+    line = messages.fit_end(rows, best, held, "patience exhausted", {})
+    assert line == ("best consistency 0.7000 at step 4 (cumulative 10, epoch 2, x-step00000004.safetensors -> x-best.safetensors); "
                     "3 evaluation(s): 2 scored, 1 failed; stopped early: patience exhausted")
-    assert "stopped early" not in messages.fit_end(rows, best, "x-best.safetensors", None)
+    assert "stopped early" not in messages.fit_end(rows, best, held, None, {})
+
+
+def test_fit_end_never_names_a_best_file_that_does_not_hold_the_best():
+    rows = [{"status": "ok"}] * 2
+    best = {"eval": 2, "score": 0.7, "kohya_step": 6, "cum_step": 6, "epoch": 3, "checkpoint": "x-step00000006.safetensors"}
+    failed = {"file": "x-best.safetensors", "holds": {"eval": 1, "cum_step": 2}, "error": "OSError: [Errno 28] No space left on device",
+              "pending": None}
+    line = messages.fit_end(rows, best, failed, None, {"leaderboard.json": "OSError: [Errno 28] No space left on device"})
+    assert "-> x-best" not in line
+    assert ("x-step00000006.safetensors; copying it failed (OSError: [Errno 28] No space left on device): "
+            "x-best.safetensors holds cumulative step 2") in line
+    assert line.endswith("; NOT WRITTEN: leaderboard.json (OSError: [Errno 28] No space left on device)")
+    never = {**failed, "holds": None}
+    assert "x-best.safetensors was not written" in messages.fit_end(rows, best, never, None, {})
+    over = {**best, "checkpoint_overwritten": "at cumulative step 8; no file holds these weights now"}
+    assert "x-step00000006.safetensors was overwritten at cumulative step 8; no file holds these weights now" in \
+        messages.fit_end(rows, over, {**failed, "holds": {"eval": 2}}, None, {})
 
 
 def test_resumed_counts():

@@ -30,10 +30,12 @@ def _offline_run(tmp_path: Path, monkeypatch, declare: bool) -> Path:
         for name in ("epoch", "val_step", "global_step"):  # what sd-scripts' init_trackers declares
             run.define_metric(name, hidden=True)
         if declare:
-            assert trackers.wandb_step_metric(acc) is True
+            t = trackers.Trackers(acc)
+            t.setup({"patience": 3})
+            assert t.failed == {}
         run.log({}, step=0)  # as sd-scripts does first
         run.log({"loss/current": 0.5, "lr/unet": 1e-4, "global_step": 1, "epoch": 1})
-        trackers.log_scalars(acc, {"consistency/score": 0.7}, global_step=2, epoch=1)
+        trackers.Trackers(acc).log_scalars({"consistency/score": 0.7}, step=2, epoch=1)
     finally:
         run.finish()
         wandb.teardown()  # offline, finish() can return before wandb-core has written the .wandb file
@@ -57,14 +59,22 @@ def test_without_the_declaration_no_step_metric_is_read_back(tmp_path, monkeypat
     assert not any(m.get("step_metric") for m in metrics.values()), metrics
 
 
-def test_a_wandb_failure_is_a_warning_not_an_error(caplog):
+def test_a_tracker_failure_is_one_warning_not_an_error(caplog):
     class Broken:
         def define_metric(self, *a, **k):
             raise RuntimeError("wandb is down")
 
-    acc = SimpleNamespace(trackers=[SimpleNamespace(name="wandb", tracker=Broken())])
+        def log(self, *a, **k):
+            raise RuntimeError("wandb is down")
+
+    acc = SimpleNamespace(trackers=[SimpleNamespace(name="wandb", tracker=Broken(), log=Broken().log),
+                                    SimpleNamespace(name="comet_ml", log=lambda values, step: logged.append((values, step)))])
+    logged = []
+    t = trackers.Trackers(acc)
     with caplog.at_level(logging.WARNING, logger=trackers.__name__):
-        assert trackers.wandb_step_metric(acc) is False
-    assert "define_metric" in caplog.text and "wandb is down" in caplog.text
-    assert trackers.wandb_step_metric(SimpleNamespace(trackers=[])) is False  # no wandb tracker
-    assert trackers.wandb_step_metric(SimpleNamespace(trackers=[SimpleNamespace(name="wandb", tracker=None)])) is False
+        t.setup({})
+        t.log_scalars({"consistency/score": 0.5}, step=4, epoch=1)
+        t.log_scalars({"consistency/score": 0.6}, step=6, epoch=1)
+    assert set(t.failed) == {"wandb.setup", "wandb.log_scalars"} and "wandb is down" in t.failed["wandb.setup"]
+    assert caplog.text.count("wandb log_scalars failed") == 1  # once per call kind, not once per evaluation
+    assert logged == [({"consistency/score": 0.5}, 4), ({"consistency/score": 0.6}, 6)]  # the other tracker still gets every value

@@ -71,6 +71,13 @@ def copy_with_metadata(src: str | Path, dst: str | Path, extra: dict[str, str]) 
     return dst
 
 
+def umask_mode(path: str | Path) -> None:
+    """The permissions a plain ``open(path, "w")`` would have given (mkstemp gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     from safetensors import safe_open
 

@@ -26,9 +26,10 @@ BASE_COLUMNS = [
     "detection_rate", "memorization", "memorized", "is_best", "backend", "score_version", "formula_version",
 ]
 RATIO_COLUMNS = [f"{r}_{k}" for r in RATIO_NAMES for k in ("diff_pct", "z")]
-TAIL_COLUMNS = ["es_best", "es_wait", "stop", "stop_reason", "message", "error", "images_dir", "seconds_render", "seconds_score", "time",
-                "segment", "characters"]
+TAIL_COLUMNS = ["es_best", "es_wait", "stop", "stop_reason", "message", "error", "best_copy", "checkpoint_overwritten", "images_dir",
+                "seconds_render", "seconds_score", "time", "segment", "characters"]
 COLUMNS = BASE_COLUMNS + RATIO_COLUMNS + TAIL_COLUMNS
+BEST_KEYS = ("eval", "cum_step", "kohya_step", "epoch", "checkpoint", "score", "best_copy", "checkpoint_overwritten")
 
 
 class Leaderboard:
@@ -40,6 +41,8 @@ class Leaderboard:
         self.meta: dict[str, Any] = {}
         # evaluations of a continuation that a --resume from an earlier state replaced (kept for the record)
         self.abandoned: list[dict[str, Any]] = []
+        # what {output_name}-best holds (training: BestCheckpoint.outcome()), so no reader takes the crowned row's word for it
+        self.best_file: dict[str, Any] | None = None
 
     @property
     def csv_path(self) -> Path:
@@ -65,6 +68,7 @@ class Leaderboard:
             lb.rows = list(d.get("evaluations", []))
             lb.meta = dict(d.get("run", {}))
             lb.abandoned = list(d.get("abandoned", []))
+            lb.best_file = d.get("best_file") if isinstance(d.get("best_file"), dict) else None
             for r in lb.rows:  # a row without a score is never the best, whatever the file says
                 if r.get("is_best") and (r.get("status") != "ok" or r.get("score") is None):
                     r["is_best"] = False
@@ -74,29 +78,46 @@ class Leaderboard:
         return next((r for r in self.rows if r.get("is_best")), None)
 
     def add(self, row: dict[str, Any]) -> dict[str, Any]:
+        row = self.append(row)
+        self.write()
+        return row
+
+    def append(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row as stored (columns first, numbered ``eval``), crowned alone when ``is_best``; not written yet."""
         row = {k: row.get(k) for k in COLUMNS} | {k: v for k, v in row.items() if k not in COLUMNS}
         row["eval"] = 1 + max((int(r.get("eval") or 0) for r in self.rows + self.abandoned), default=0)
         if row.get("is_best"):
             for r in self.rows:
                 r["is_best"] = False
         self.rows.append(row)
-        self.write()
         return row
 
-    def set_checkpoint(self, cum_step: int, checkpoint: str) -> None:
-        """Name the checkpoint file of the evaluation at ``cum_step`` (written after the evaluation)."""
-        for r in reversed(self.rows):
-            if r.get("cum_step") == cum_step:
-                r["checkpoint"] = checkpoint
-                self.write()
-                return
+    def set_checkpoint(self, cum_step: int, checkpoint: str) -> bool:
+        """Name the checkpoint file of the evaluation at ``cum_step`` when kohya writes it after the evaluation."""
+        row = next((r for r in reversed(self.rows) if r.get("cum_step") == cum_step and not r.get("checkpoint")), None)
+        if row is not None:
+            row["checkpoint"] = checkpoint
+        return row is not None
+
+    def mark_overwritten(self, checkpoint: str, cum_step: int, best_holds: dict | None, best_file: str) -> list[dict]:
+        """kohya wrote ``checkpoint`` again at ``cum_step`` (its step count restarts after ``--resume``):
+        earlier evaluations of that file no longer have their weights there. Each gets
+        ``checkpoint_overwritten`` saying when, and where its weights still are (the best file, or nowhere)."""
+        hit = []
+        for r in self.rows:
+            if r.get("checkpoint") == checkpoint and r.get("cum_step") != cum_step and not r.get("checkpoint_overwritten"):
+                kept = best_holds is not None and best_holds.get("eval") == r.get("eval")
+                r["checkpoint_overwritten"] = (f"at cumulative step {cum_step}; these weights are in {best_file}" if kept
+                                               else f"at cumulative step {cum_step}; no file holds these weights now")
+                hit.append(r)
+        return hit
 
     def write(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         best = self.best()
         doc = {"format": FORMAT, "version": VERSION, "run": self.meta,
-               "best": None if best is None else {k: best.get(k) for k in ("eval", "cum_step", "kohya_step", "epoch", "checkpoint", "score")},
-               "columns": COLUMNS, "evaluations": self.rows}
+               "best": None if best is None else {k: best.get(k) for k in BEST_KEYS},
+               "best_file": self.best_file, "columns": COLUMNS, "evaluations": self.rows}
         if self.abandoned:
             doc["abandoned"] = self.abandoned
         atomic_write_text(self.json_path, dumps_json(doc, indent=1, ensure_ascii=False, default=str))
@@ -131,6 +152,6 @@ def _problem(doc: dict) -> str | None:
                     return f"{where} {i}: {k} = {v!r:.40} is not a whole number"
                 if k in _BOOL_COLUMNS and not isinstance(v, bool):
                     return f"{where} {i}: {k} = {v!r:.40} is not true/false"
-                if k in ("status", "checkpoint", "images_dir", "label") and not isinstance(v, str):
+                if k in ("status", "checkpoint", "images_dir", "label", "best_copy", "checkpoint_overwritten") and not isinstance(v, str):
                     return f"{where} {i}: {k} = {v!r:.40} is not text"
     return None

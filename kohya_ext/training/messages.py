@@ -28,15 +28,28 @@ def evaluation(global_step: int, trigger: str, row: dict, memorization_max: floa
                "not crowned best)" if row.get("memorized") else ""))
 
 
-def fit_end(rows: list[dict], best: dict | None, best_file: str, stop_message: str | None) -> str:
-    """The run's last line: the best evaluation and its copy, how many evaluations, why it stopped early."""
+def fit_end(rows: list[dict], best: dict | None, best_file: dict, stop_message: str | None, write_errors: dict[str, str]) -> str:
+    """The run's last line: the best evaluation and which file holds it (a failed copy said as such), how many
+    evaluations, why it stopped early, and every file kohya-ext could not write."""
     n_ok = sum(1 for r in rows if r.get("status") == "ok")
-    n_fail = len(rows) - n_ok
+    counts = f"{len(rows)} evaluation(s): {n_ok} scored, {len(rows) - n_ok} failed"
     if best is None:
-        return f"no best checkpoint: {n_ok} evaluation(s) scored, {n_fail} failed"
-    return (f"best consistency {best['score']:.4f} at step {best['kohya_step']} (cumulative {best['cum_step']}, epoch {best['epoch']}, "
-            f"{best.get('checkpoint')}) -> {best_file}; {len(rows)} evaluation(s): {n_ok} scored, {n_fail} failed"
-            + (f"; stopped early: {stop_message}" if stop_message is not None else ""))
+        line = f"no best checkpoint: {counts}"
+    else:
+        held = best_file.get("holds") or {}
+        where = best.get("checkpoint") or "no kohya file"
+        if held.get("eval") == best.get("eval"):
+            where = f"{where} -> {best_file['file']}"
+        else:
+            was = f"{best_file['file']} holds cumulative step {held['cum_step']}" if held else f"{best_file['file']} was not written"
+            why = best_file.get("error") or (f"waiting for {best_file['pending']}" if best_file.get("pending") else "not copied")
+            where = f"{where}; copying it failed ({why}): {was}"
+        if best.get("checkpoint_overwritten"):
+            where += f"; {best.get('checkpoint')} was overwritten {best['checkpoint_overwritten']}"
+        line = (f"best consistency {best['score']:.4f} at step {best['kohya_step']} (cumulative {best['cum_step']}, "
+                f"epoch {best['epoch']}, {where}); {counts}")
+    return (line + (f"; stopped early: {stop_message}" if stop_message is not None else "")
+            + ("".join(f"; NOT WRITTEN: {name} ({err})" for name, err in write_errors.items())))
 
 
 def resumed(kept: list[dict], abandoned: list[dict], best: dict | None, wait: int | None) -> str:

@@ -162,6 +162,13 @@ def store_broadcast(store: Any, rank: int, obj: Any, seq: int) -> Any:
     return json.loads(store.get(key))
 
 
+def is_main_process() -> bool:
+    """Rank 0 of the launch (torchrun and accelerate set ``RANK``; a single process has none). Known before
+    the accelerator exists, the same way on both entry points; with mode ``none`` (every process a run of
+    its own) only rank 0 evaluates, so the processes never write the same files."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def _env_world() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE") or 1)

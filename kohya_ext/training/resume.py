@@ -13,11 +13,14 @@ The early-stopping state (best score, patience count) is replayed from the kept 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..io_utils import atomic_write_text, dumps_json
+from . import best as bestcopy
+from . import decisions
 from .early_stop import EarlyStopState, StopConfig, decide
 
 SIDE_FILE = "kohya_ext_consistency.json"
@@ -60,3 +63,28 @@ def replay(rows: list[dict[str, Any]], cfg: StopConfig) -> EarlyStopState:
         ok = r.get("status") == "ok" and r.get("score") is not None
         state, _, _, _ = decide(state, float(r["score"]) if ok else None, cfg, eligible=ok and not r.get("memorized"))
     return replace(state, stopped=False, reason="none", message="") if state.stopped else state
+
+
+def held_step(best_file: Path) -> str | None:
+    """The cumulative step a ``-best`` file says it holds (None: unreadable or not ours)."""
+    try:
+        if best_file.suffix == ".safetensors":
+            return bestcopy.read_metadata(best_file).get(bestcopy.META_STEP)
+        return json.loads(best_file.with_name(best_file.name + ".json").read_text(encoding="utf-8")).get(bestcopy.META_STEP)
+    except Exception:
+        return None
+
+
+def reconcile_best_file(best_file: Path, best: dict | None, output_dir: Path) -> tuple[Path | None, Path | None]:
+    """After a resume, the ``-best`` file must hold the kept history's best evaluation. When it holds one of
+    the replaced continuation it moves aside to ``-best-abandoned``. Returns (where it went, kohya's file of
+    the kept best to copy again when that file still holds its step), each None when nothing applies."""
+    if not best_file.exists() or not decisions.best_copy_stale(best, held_step(best_file)):
+        return None, None
+    aside = best_file.with_name(best_file.stem + "-abandoned" + best_file.suffix)
+    os.replace(best_file, aside)
+    src = output_dir / best["checkpoint"] if best is not None and best.get("checkpoint") else None
+    if src is None or not src.exists() or src.suffix != ".safetensors" or \
+            bestcopy.read_metadata(src).get("ss_steps") != str(best["kohya_step"]):
+        src = None
+    return aside, src
