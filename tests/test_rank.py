@@ -165,3 +165,27 @@ def test_rank_reads_kohya_ext_leaderboard_without_rescoring(tmp_path, tadne_tile
     assert "not re-scored" in text and text.splitlines()[1].split()[1:3] == ["step", str(res.rows[0]["kohya_step"])]
     with pytest.raises(KohyaExtError, match="never overwrites"):
         rank_run(run, out_dir=board, progress=False)
+
+
+def test_rank_names_the_file_that_holds_weights_after_a_resume_overwrote_one(tmp_path):
+    """A resumed run: kohya rewrote ext-step00000002/4 at cumulative steps 6/8; the best (cum 4) lives on in ext-best."""
+    from kohya_ext.training.leaderboard import Leaderboard
+
+    board = Leaderboard(tmp_path / "run" / "consistency")
+    for cum, kohya, score in [(2, 2, 0.5), (4, 4, 0.8), (6, 2, 0.6), (8, 4, 0.7)]:
+        board.append({"status": "ok", "cum_step": cum, "kohya_step": kohya, "epoch": 1, "score": score, "detection_rate": 1.0,
+                      "checkpoint": f"ext-step{kohya:08d}.safetensors", "is_best": cum == 4})
+    board.mark_overwritten("ext-step00000002.safetensors", 6, {"eval": 2, "cum_step": 4}, "ext-best.safetensors")
+    board.mark_overwritten("ext-step00000004.safetensors", 8, {"eval": 2, "cum_step": 4}, "ext-best.safetensors")
+    board.best_file = {"file": "ext-best.safetensors", "holds": {"eval": 2, "cum_step": 4}, "error": None, "pending": None}
+    board.write()
+    res = rank_run(tmp_path / "run")
+    by_cum = {r["cum_step"]: r for r in res.rows}
+    assert res.best["cum_step"] == 4 and res.best["checkpoint"] == "ext-best.safetensors"
+    assert by_cum[2]["checkpoint"] is None and by_cum[6]["checkpoint"] == "ext-step00000002.safetensors"
+    assert sum("was overwritten" in w for w in res.warnings) == 2
+    assert "step 4 *best (file overwritten)" in format_table(res)
+    board.best_file = {**board.best_file, "holds": None, "error": "OSError: [Errno 28] No space left on device"}
+    board.write()
+    assert any(w.startswith("ext-best.safetensors does not hold the best evaluation") and "No space" in w
+               for w in rank_run(tmp_path / "run").warnings)

@@ -216,6 +216,13 @@ def test_resume_continues_history_patience_and_keeps_the_best_copy(tmp_path):
     assert all((copy[k] == run1_step4[k]).all() for k in run1_step4)
     assert any((overwritten[k] != run1_step4[k]).any() for k in run1_step4)  # kohya's step-4 file is now run 2's
     assert "resumed from" in proc.stdout and "cumulative step 4" in proc.stdout
+    # the leaderboard says which evaluations lost their file, and where the weights still are
+    assert [r.get("checkpoint_overwritten") for r in board] == [
+        "at cumulative step 6; no file holds these weights now", "at cumulative step 8; these weights are in tiny-best.safetensors",
+        None, None, None]
+    doc = json.loads((out / "consistency" / "leaderboard.json").read_text())
+    assert doc["best"]["checkpoint_overwritten"].endswith("tiny-best.safetensors") and doc["best_file"]["holds"]["cum_step"] == 4
+    assert "tiny-step00000004.safetensors was written again at cumulative step 8" in proc.stdout
 
 
 def test_several_characters_scored_against_their_own_reference(tmp_path):

@@ -126,10 +126,22 @@ def _from_leaderboard(output_dir: Path, lb_path: Path, out: Path) -> RankResult:
     if not board.rows:
         raise KohyaExtError(f"{lb_path}: the training leaderboard holds no evaluations yet")
     rows = [dict(r) for r in board.rows]
+    held = (board.best_file or {}).get("holds") or {}
+    warnings = []
+    for r in rows:  # after a --resume kohya overwrites step-named files: name what holds the scored weights now
+        if r.get("checkpoint_overwritten"):
+            warnings.append(f"{point_label(r)} (cumulative step {r['cum_step']}): {r['checkpoint']} was overwritten "
+                            f"{r['checkpoint_overwritten']}")
+            r["checkpoint"] = board.best_file["file"] if held.get("eval") == r.get("eval") else None
+    best = board.best()
+    if best is not None and board.best_file is not None and held.get("eval") != best.get("eval"):
+        warnings.append(f"{board.best_file['file']} does not hold the best evaluation ({point_label(best)}): "
+                        f"{board.best_file.get('error') or 'not copied'}")
     counts = [_images_in(lb_path.parent / r["images_dir"]) for r in rows if r.get("images_dir") and r.get("status") == "ok"]
     n = min((c for c in counts if c), default=None)
     res = RankResult(sorted(rows, key=rank_key), "leaderboard", out, lb_path.parent,
                      reference=(board.meta.get("options") or {}).get("consistency_reference"), images_per_point=n)
+    res.warnings.extend(warnings)
     if (w := _few_warning(n, "evaluation")):
         res.warnings.append(w)
     return res
@@ -264,7 +276,8 @@ def format_table(result: RankResult) -> str:
     lines = []
     table = []
     for i, r in enumerate(result.rows, start=1):
-        label = point_label(r) + (" *best" if r.get("is_best") else "") + (" (memorised)" if r.get("memorized") else "")
+        label = point_label(r) + (" *best" if r.get("is_best") else "") + (" (memorised)" if r.get("memorized") else "") \
+            + (" (file overwritten)" if r.get("checkpoint_overwritten") else "")
         if r.get("status") != "ok" or r.get("score") is None:
             table.append([str(i), label, "failed", "", ""] + [""] * len(RATIO_NAMES))
             continue
