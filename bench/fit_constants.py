@@ -36,13 +36,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import metrics  # bench/metrics.py (the script's folder is on sys.path)
 
-import real_export as rx  # noqa: E402
+import real_export as rx
 
-from kohya_ext import similarity  # noqa: E402
-from kohya_ext.ratios import RATIO_NAMES, UNAVAILABLE  # noqa: E402
-from kohya_ext.comparison import CopyGate, _nearest_other, reference_face_hashes, reference_hashes, reference_placed, sample_hashes  # noqa: E402
+from kohya_ext import similarity
+from kohya_ext.ratios import RATIO_NAMES, UNAVAILABLE
+from kohya_ext.comparison import CopyGate, nearest_other, reference_face_hashes, reference_hashes, reference_placed, sample_hashes
 
 GEOMETRY_MIN = 0.125
 GRID = {"geometry": (0.125, 0.25, 0.5), "eyes": (1.0, 1.5, 2.0), "hair_hist": (3.0, 4.0, 6.0, 8.0)}
@@ -71,7 +71,7 @@ def ratio_snr(data: rx.Loaded, backend: str) -> dict[str, float]:
 
 def tune_auc(data: rx.Loaded, identity: dict, n: int = 4) -> dict[str, float]:
     f = rx.shipped_score(identity)
-    return {p: rx.pairwise_auc(data.sets[p], data.halves["tune"], n, f)[0] for p in data.presentations}
+    return {p: metrics.pairwise_auc(data.sets[p], data.halves["tune"], n, f)[0] for p in data.presentations}
 
 
 def gate_distances(data: rx.Loaded) -> dict:
@@ -94,8 +94,8 @@ def gate_distances(data: rx.Loaded) -> dict:
                     out["copies"].setdefault((pres, e), {"img": [], "face": []})
                     out["copies"][(pres, e)]["img"].append(d)
                     out["copies"][(pres, e)]["face"].append(f)
-            img = _nearest_other([sample_hashes(m) for m in refs], [reference_hashes([m]) for m in refs])
-            face = _nearest_other([[m.face_phash] if m.face_phash else [] for m in refs], [reference_face_hashes([m]) for m in refs])
+            img = nearest_other([sample_hashes(m) for m in refs], [reference_hashes([m]) for m in refs])
+            face = nearest_other([[m.face_phash] if m.face_phash else [] for m in refs], [reference_face_hashes([m]) for m in refs])
             if len(img) >= 4:
                 out["nn_q25"]["img"].append(float(np.percentile(img, 25)))
             if len(face) >= 4:

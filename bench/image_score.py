@@ -32,26 +32,19 @@ import argparse
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import metrics  # bench/metrics.py (the script's folder is on sys.path)
 
-from kohya_ext.image_score import DEFAULT_THRESHOLD, image_score  # noqa: E402
-from kohya_ext.measure import ImageMeasurement  # noqa: E402
-from kohya_ext.ratios import ExclusionRules  # noqa: E402
-from kohya_ext.reference import ReferenceStats  # noqa: E402
-from kohya_ext.comparison import compare  # noqa: E402
+from kohya_ext.image_score import DEFAULT_THRESHOLD, image_score
+from kohya_ext.measure import ImageMeasurement
+from kohya_ext.ratios import ExclusionRules
+from kohya_ext.reference import ReferenceStats
+from kohya_ext.comparison import compare
 
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-
-
-def pairwise_auc(own: np.ndarray, other: np.ndarray) -> float:
-    if own.size == 0 or other.size == 0:
-        return float("nan")
-    return float(((own[:, None] > other[None]).sum() + 0.5 * (own[:, None] == other[None]).sum()) / (own.size * other.size))
 
 
 class Scores:
@@ -74,20 +67,18 @@ class Scores:
 
     def auc(self, faces_only: bool = False) -> tuple[float, dict[str, float]]:
         if faces_only:
-            per = {a: pairwise_auc(self.own[a][self.own_face[a]], self.other[a][self.other_face[a]]) for a in self.stats}
+            per = {a: metrics.auc(self.own[a][self.own_face[a]], self.other[a][self.other_face[a]]) for a in self.stats}
         else:
-            per = {a: pairwise_auc(self.own[a], self.other[a]) for a in self.stats}
+            per = {a: metrics.auc(self.own[a], self.other[a]) for a in self.stats}
         return float(np.nanmean(list(per.values()))), per
 
     def set_auc(self, n: int = 4) -> float:
         """The set score's pairwise AUC over disjoint blocks of n images (as bench/validity*.py measure it)."""
         per = []
         for a, ref in self.stats.items():
-            def blocks(ms):
-                return [ms[k : k + n] for k in range(0, len(ms) - n + 1, n)]
-            own = np.array([compare(ref, b).score for b in blocks(self.images[a])])
-            other = np.array([compare(ref, b).score for c, ms in self.images.items() if c != a for b in blocks(ms)])
-            per.append(pairwise_auc(own, other))
+            own = np.array([compare(ref, b).score for b in metrics.blocks(self.images[a], n)])
+            other = np.array([compare(ref, b).score for c, ms in self.images.items() if c != a for b in metrics.blocks(ms, n)])
+            per.append(metrics.auc(own, other))
         return float(np.nanmean(per))
 
     def detection(self) -> float:

@@ -19,8 +19,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+import metrics
 import real_data as rd
-from kohya_ext.backends.base import ImageFaces
 from kohya_ext.measure import ImageMeasurement, measure_faces
 from kohya_ext.ratios import ExclusionRules
 
@@ -86,10 +86,6 @@ class Half:
     chars: list[rd.Character]
 
 
-def blocks(items: list, n: int) -> list[list]:
-    return [items[k : k + n] for k in range(0, len(items) - n + 1, n)]
-
-
 @dataclass
 class Setting:
     presentation: str
@@ -112,17 +108,14 @@ class Bench:
         return [self.ms.get(rd.Key(s.presentation, c.name, p.name, edit), s.mode) for p in c.refs[: self.copies]]
 
     # --- score ------------------------------------------------------------------------------------
+    def sets(self, half: str, s: Setting, copies: bool = False) -> dict:
+        """The half's characters as bench/metrics.py takes them."""
+        return {c.name: {"refs": self.refs(c, s), "new": self.new(c, s),
+                         "copies": {e: self.copy(c, s, e) for e in rd.COPY_EDITS} if copies else {}} for c in self.halves[half].chars}
+
     def auc(self, half: str, s: Setting, n: int, f: Callable) -> tuple[float, dict[str, float]]:
-        """Pairwise AUC: P(score(S_A vs R_A) > score(S_B vs R_A)) over A != B in the half and all blocks of n; per character too."""
-        chars = self.halves[half].chars
-        smp = {c.name: blocks(self.new(c, s), n) for c in chars}
-        per = {}
-        for a in chars:
-            ref = self.refs(a, s)
-            own = np.array([f(ref, b) for b in smp[a.name]])
-            other = np.array([f(ref, b) for c in chars if c.name != a.name for b in smp[c.name]])
-            per[a.name] = float(((own[:, None] > other[None]).sum() + 0.5 * (own[:, None] == other[None]).sum()) / (own.size * other.size))
-        return float(np.mean(list(per.values()))), per
+        """Pairwise AUC (bench/metrics.py) over the half's characters and all blocks of n; per character too."""
+        return metrics.pairwise_auc(self.sets(half, s), [c.name for c in self.halves[half].chars], n, f)
 
     def detection_rate(self, half: str, s: Setting) -> tuple[float, float]:
         """(usable-face rate, rate where the usable face is the placed drawing) over reference and new drawings."""
@@ -141,27 +134,9 @@ class Bench:
 
     # --- copy gate ----------------------------------------------------------------------------------
     def gate_rates(self, half: str, s: Setting, g: Callable, evals: Iterable[int] = (4, 8), memorization_max: float = 0.5) -> dict[str, float]:
-        """Per-image flag rates of a gate g(sample, refs) -> bool, and the share of evaluations (blocks) it would deny."""
-        chars = self.halves[half].chars
-        out: dict[str, float] = {}
-        same, other = [], []
-        denied = {n: [] for n in evals}
-        for a in chars:
-            ref = self.refs(a, s)
-            flags = [bool(g(m, ref)) for m in self.new(a, s)]
-            same += flags
-            for n in evals:
-                denied[n] += [np.mean(b) > memorization_max for b in blocks(flags, n)]
-            for c in chars:
-                if c.name != a.name:
-                    other += [bool(g(m, ref)) for m in self.new(c, s)]
-        out["new drawings, same character"] = float(np.mean(same))
-        out["new drawings, other characters"] = float(np.mean(other))
-        for n in evals:
-            out[f"evaluations of {n} new drawings denied"] = float(np.mean(denied[n]))
-        for e in rd.COPY_EDITS:
-            out[f"copies: {e}"] = float(np.mean([bool(g(m, self.refs(a, s))) for a in chars for m in self.copy(a, s, e)]))
-        return out
+        """Flag rates of a gate g(sample, refs) -> bool (bench/metrics.py), and the share of evaluations it would deny."""
+        return metrics.gate_rates(self.sets(half, s, copies=True), [c.name for c in self.halves[half].chars],
+                                  lambda refs: (lambda m: g(m, refs)), tuple(evals), memorization_max)
 
     def cross_rates(self, half: str, sample_s: Setting, ref_s: Setting, g: Callable) -> dict[str, float]:
         """False alarms of g on genuine new drawings of one presentation against references of another

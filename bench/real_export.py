@@ -145,48 +145,6 @@ class Loaded:
         set_ratios(every, self.meta["backend"]["backend"])
 
 
-# --- metrics on loaded sets (shared by bench/fit_constants.py and tests/test_validity_real.py) ----------------------
-def blocks(items: list, n: int) -> list[list]:
-    return [items[k : k + n] for k in range(0, len(items) - n + 1, n)]
-
-
-def pairwise_auc(sets: dict, chars: list[str], n: int, score) -> tuple[float, dict[str, float]]:
-    """P(score(S_A vs R_A) > score(S_B vs R_A)) over A != B in ``chars`` and blocks of n new drawings (ties 1/2); per character."""
-    smp = {c: blocks(sets[c]["new"], n) for c in chars}
-    per = {}
-    for a in chars:
-        ref = sets[a]["refs"]
-        own = np.array([score(ref, b) for b in smp[a]])
-        other = np.array([score(ref, b) for c in chars if c != a for b in smp[c]])
-        per[a] = float(((own[:, None] > other[None]).sum() + 0.5 * (own[:, None] == other[None]).sum()) / (own.size * other.size))
-    return float(np.mean(list(per.values()))), per
-
-
-def gate_rates(sets: dict, chars: list[str], gate_for, evals=(4, 8), memorization_max: float = 0.5) -> dict[str, float]:
-    """Per-image flag rates of ``gate_for(refs) -> is_copy(sample)``: genuine new drawings (same / other characters),
-    evaluations of n new drawings it would deny (share flagged > memorization_max), and each kind of copy."""
-    same, other = [], []
-    denied = {n: [] for n in evals}
-    copies: dict[str, list] = {}
-    for a in chars:
-        g = gate_for(sets[a]["refs"])
-        flags = [bool(g(m)) for m in sets[a]["new"]]
-        same += flags
-        for n in evals:
-            denied[n] += [np.mean(b) > memorization_max for b in blocks(flags, n)]
-        for c in chars:
-            if c != a:
-                other += [bool(g(m)) for m in sets[c]["new"]]
-        for e, ms in sets[a]["copies"].items():
-            copies.setdefault(e, []).extend(bool(g(m)) for m in ms)
-    out = {"new drawings, same character": float(np.mean(same)), "new drawings, other characters": float(np.mean(other))}
-    for n in evals:
-        out[f"evaluations of {n} new drawings denied"] = float(np.mean(denied[n]))
-    for e, v in copies.items():
-        out[f"copies: {e}"] = float(np.mean(v))
-    return out
-
-
 def shipped_gate_for(refs):
     """The copy gate exactly as kohya_ext.comparison.compare applies it to a reference set."""
     from types import SimpleNamespace

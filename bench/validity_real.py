@@ -18,11 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import real_data as rd  # noqa: E402
-import real_eval as ev  # noqa: E402
-import real_export as rx  # noqa: E402
+import real_data as rd
+import real_eval as ev
+import real_export as rx
 
 
 def shipped_gate():

@@ -6,7 +6,7 @@ from kohya_ext.training.early_stop import EarlyStopState, StopConfig, StopReason
 
 
 class EarlyStopping:
-    """Decides once per evaluation (main process; ``kohya_ext.training.ranks`` spreads the decision)."""
+    """Decides once per evaluation (main process; ``kohya_ext.training.distributed`` spreads the decision)."""
 
     def __init__(self, cfg: StopConfig):
         self.cfg = cfg

@@ -195,7 +195,7 @@ def cmd_rank(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .posthoc.compare import compare_runs, format_comparison, write_csv
+    from .posthoc.compare_runs import compare_runs, format_comparison, write_csv
 
     rows = compare_runs(args.runs, reference=args.reference, rescore=args.rescore, **_rank_kwargs(args))
     print(format_comparison(rows))

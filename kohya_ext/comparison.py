@@ -79,7 +79,7 @@ def _bit_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _POPCOUNT[a[:, None, :] ^ b[None, :, :]].sum(-1)
 
 
-def _nearest_other(own: list[list[str]], refs: list[list[str]]) -> list[int]:
+def nearest_other(own: list[list[str]], refs: list[list[str]]) -> list[int]:
     """For each image j with hashes: min distance of own[j] to refs[k] over k != j (same-length hashes only)."""
     n = len(own)
     lens = {len(h) for hs in own + refs for h in hs}
@@ -107,8 +107,8 @@ def reference_thresholds(reference, max_bits: int = MEMORIZATION_HAMMING, max_fa
     With fewer than 4 such images the absolute limits stand.
     """
     ms = _refs(reference)
-    img = _nearest_other([sample_hashes(m) for m in ms], [reference_hashes([m]) for m in ms])
-    face = _nearest_other([[h] if (h := getattr(m, "face_phash", None)) else [] for m in ms], [reference_face_hashes([m]) for m in ms])
+    img = nearest_other([sample_hashes(m) for m in ms], [reference_hashes([m]) for m in ms])
+    face = nearest_other([[h] if (h := getattr(m, "face_phash", None)) else [] for m in ms], [reference_face_hashes([m]) for m in ms])
     cap = lambda nn, t: t if len(nn) < 4 else min(t, int(relative * float(np.percentile(nn, 25))))
     return cap(img, max_bits), cap(face, max_face_bits)
 

@@ -31,7 +31,10 @@ from typing import Any
 from urllib.parse import unquote
 
 from kohya_ext.errors import KohyaExtError
+from kohya_ext.patches.sd_scripts import KohyaSurface, resolve_surface, trace
+from kohya_ext.toml_compat import flatten_config, tomllib
 from kohya_ext.training.messages import say
+from kohya_ext.training.options import ConsistencyOptions, from_args
 
 OWN_NAMES = ("kohya_ext.gui_network", "kohya_ext.patches.gui_network")
 DEFAULT_INNER = "networks.lora"
@@ -99,8 +102,6 @@ def command_line_network_args(args: Any, argv: list[str] | None = None) -> list[
 def read_options_file(value: str) -> dict[str, Any]:
     """``consistency_config=FILE.toml``: kohya-ext options as ``consistency_*`` keys (the same
     keys a ``--config_file`` takes), for values the GUI cannot pass, such as paths with spaces."""
-    from kohya_ext.toml_compat import flatten_config, tomllib
-
     path = Path(value).expanduser()
     try:
         data = flatten_config(tomllib.loads(path.read_text(encoding="utf-8")))
@@ -133,8 +134,6 @@ def read_config(args: Any) -> dict[str, Any]:
     path = Path(name if str(name).endswith(".toml") else f"{name}.toml")
     if not path.is_file():
         return {}
-    from kohya_ext.toml_compat import flatten_config, tomllib
-
     return flatten_config(tomllib.loads(path.read_text(encoding="utf-8")))
 
 
@@ -150,8 +149,6 @@ class Plan:
 
 
 def _option_keys() -> set[str]:
-    from kohya_ext.training.options import ConsistencyOptions
-
     return {"consistency" if f.name == "enabled" else f"consistency_{f.name}" for f in fields(ConsistencyOptions)}
 
 
@@ -246,16 +243,13 @@ class GuiSession:
     """The command-line path's hooks on a trainer that is already inside ``train()``."""
 
     def __init__(self, trainer: Any, args: Any, accelerator: Any, plan_: Plan):
-        from kohya_ext.training.options import from_args
-
         self.trainer, self.args, self.accelerator, self.plan = trainer, args, accelerator, plan_
         self.opts = from_args(plan_.options)
         self.run: Any = None
         self.done = False
 
     def start(self) -> None:
-        from kohya_ext.patches.sd_scripts import KohyaSurface, resolve_surface
-        from kohya_ext.training.run import TrainingRun
+        from kohya_ext.training.run import TrainingRun  # pulls torch in (3 s cold): only when tracking is on
 
         self.surface = KohyaSurface(resolve_surface(type(self.trainer)))
         self.run = TrainingRun(self.opts, self.surface)
@@ -312,7 +306,6 @@ class GuiSession:
         if self.done or self.run is None:
             return
         self.done = True
-        from kohya_ext.patches.sd_scripts import trace
 
         try:
             self.run.end(stopped)

@@ -28,6 +28,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from kohya_ext.errors import KohyaExtError
+from kohya_ext.preset_loader import describe_parser
+from kohya_ext.training.options import add_arguments, from_args
 from kohya_ext.training.messages import say
 
 TRAINERS = ("train_network.py", "sdxl_train_network.py", "sd3_train_network.py", "flux_train_network.py",
@@ -182,9 +184,6 @@ def check_surface(module: Any) -> Surface:
 def live_options(root: Path, script: str) -> tuple[str, dict[str, dict[str, Any]]]:
     """(label, options) of ``script``'s own parser in the checkout at ``root``, with kohya-ext's
     flags, as ``python -m kohya_ext`` parses them (for ``kohya-ext check-config``)."""
-    from kohya_ext.preset_loader import describe_parser
-    from kohya_ext.training.options import add_arguments
-
     path = Path(root) / script
     if not path.is_file():
         raise KohyaExtError(f"{root} has no {script}")
@@ -420,7 +419,6 @@ def install(module: Any) -> None:
     """Wrap the script's ``setup_parser`` and ``NetworkTrainer.train`` (idempotent)."""
     checked = check_surface(module)
     base = checked.trainer_class
-    from kohya_ext.training.options import add_arguments
 
     orig_setup = module.setup_parser
     if not getattr(orig_setup, "_kohya_ext", False):
@@ -437,12 +435,10 @@ def install(module: Any) -> None:
         return
 
     def train(self, args):
-        from kohya_ext.training.options import from_args
-
         opts = from_args(args)
         if not opts.enabled:
             return orig_train(self, args)
-        from kohya_ext.training.run import EarlyStopped, TrainingRun
+        from kohya_ext.training.run import EarlyStopped, TrainingRun  # pulls torch in (3 s cold): only with --consistency
 
         run = TrainingRun(opts, KohyaSurface(checked))
         run.start(args)

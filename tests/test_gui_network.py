@@ -162,7 +162,7 @@ def test_gui_two_processes_stop_at_the_same_step(tmp_path, accelerate_version):
 
     ``ddp_timeout`` makes the stand-in give accelerate a gloo backend, as sd-scripts does on a
     multi-GPU machine: on CPU only without a backend, accelerate >= 1.13 makes no process group
-    and each process trains alone (kohya_ext.training.ranks), so there would be no two-rank run."""
+    and each process trains alone (kohya_ext.training.distributed), so there would be no two-rank run."""
     sd = _standin_with_fakelyco(tmp_path)
     h.make_dataset(tmp_path, 12)
     cfg = _gui_toml(tmp_path, 16, 2, "networks.lora", [], {"ddp_timeout": 10})

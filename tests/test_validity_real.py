@@ -23,10 +23,18 @@ from kohya_ext.measure import MEASUREMENT_VERSION
 from kohya_ext.reference import ReferenceStats
 
 DATA = Path(__file__).resolve().parent / "data" / "validity_real_nvxs.json.gz"
-_spec = importlib.util.spec_from_file_location("real_export", Path(__file__).resolve().parents[1] / "bench" / "real_export.py")
-rx = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("real_export", rx)
-_spec.loader.exec_module(rx)
+
+
+def _bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+rx = _bench_module("real_export")
+metrics = _bench_module("metrics")
 
 #: AUC floors at n = 4 new drawings per evaluation (reference 16), per presentation and half.
 #: Measured (docs/validity.md): see MEASURED below; floors 0.03 lower (one character of ten moving by ~0.3).
@@ -70,17 +78,17 @@ def test_measurements_are_current(data):
 def test_score_separates_characters_on_real_drawings(data, presentation):
     f = rx.shipped_score(data.meta["backend"])
     for half in ("tune", "report"):
-        auc, per = rx.pairwise_auc(data.sets[presentation], data.halves[half], 4, f)
+        auc, per = metrics.pairwise_auc(data.sets[presentation], data.halves[half], 4, f)
         assert auc >= MEASURED_AUC4[(presentation, half)] - AUC_MARGIN, (presentation, half, auc, per)
         if presentation == "white":
-            auc8, _ = rx.pairwise_auc(data.sets[presentation], data.halves[half], 8, f)
+            auc8, _ = metrics.pairwise_auc(data.sets[presentation], data.halves[half], 8, f)
             assert auc8 >= MEASURED_AUC8_WHITE[half] - AUC_MARGIN, (half, auc8)
 
 
 @pytest.mark.parametrize("presentation", ["white", "busy"])
 def test_copy_gate_on_real_drawings(data, presentation):
     for half in ("tune", "report"):
-        r = rx.gate_rates(data.sets[presentation], data.halves[half], rx.shipped_gate_for)
+        r = metrics.gate_rates(data.sets[presentation], data.halves[half], rx.shipped_gate_for)
         m = MEASURED_GATE[(presentation, half)]
         for k, v in r.items():
             if k.startswith("new drawings") or k.startswith("evaluations"):

@@ -27,8 +27,8 @@ from ..io_utils import atomic_write_text
 from ..ratios import RATIO_NAMES
 from ..training.leaderboard import FOLDER, Leaderboard
 from . import run_info
-from .compare import ranked
-from .rank import point_label
+from .compare_runs import ranked
+from .rank import MIN_STEADY_IMAGES, point_label, rank_key
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,6 @@ def collect(run_dir: str | Path, logging_dir: str | Path | None = None, referenc
 
 
 def _leaderboard_warnings(rows: list[dict[str, Any]], folder: Path) -> list[str]:
-    from .rank import MIN_STEADY_IMAGES
-
     counts = [sum(1 for p in (folder / r["images_dir"]).glob("*.png") if p.name != "overlay_grid.png")
               for r in rows if r.get("images_dir") and (folder / r["images_dir"]).is_dir()]
     n = min((c for c in counts if c), default=None)
@@ -307,8 +305,6 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
 
 
 def _table(d: ReportData) -> str:
-    from .rank import rank_key
-
     heads = ["#", "checkpoint", "score", "det %", "mem %"] + [n.replace("_ratio", "").replace("_to_", "-") for n in RATIO_NAMES] + ["file"]
     out = ['<div class="scroll"><table><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"]
     for i, r in enumerate(sorted(d.rows, key=rank_key), start=1):

@@ -11,6 +11,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..io_utils import atomic_write_text
+
 META_SCORE = "kohya_ext_consistency_score"
 META_STEP = "kohya_ext_consistency_step"          # cumulative step (ours)
 META_KOHYA_STEP = "kohya_ext_consistency_kohya_step"
@@ -48,9 +53,6 @@ def copy_with_metadata(src: str | Path, dst: str | Path, extra: dict[str, str]) 
     tmp = _tmp_in(dst.parent, dst.name)
     try:
         if src.suffix == ".safetensors":
-            from safetensors import safe_open
-            from safetensors.torch import save_file
-
             with safe_open(str(src), framework="pt") as f:
                 meta = dict(f.metadata() or {})
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -60,8 +62,6 @@ def copy_with_metadata(src: str | Path, dst: str | Path, extra: dict[str, str]) 
         else:
             shutil.copyfile(src, tmp)
             side = dst.with_name(dst.name + ".json")
-            from ..io_utils import atomic_write_text
-
             atomic_write_text(side, json.dumps({**extra, META_SOURCE: src.name}, indent=1))
         shutil.copymode(src, tmp)  # kohya's checkpoint's permissions, not mkstemp's 0600
         os.replace(tmp, dst)
@@ -79,7 +79,5 @@ def umask_mode(path: str | Path) -> None:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})

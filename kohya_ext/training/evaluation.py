@@ -7,9 +7,15 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from ..backends import BackendSpec
 from ..characters import combine_characters
 from ..errors import KohyaExtError
-from ..io_utils import slug
+from ..images import load_image
+from ..io_utils import atomic_save_image, atomic_write_text, dumps_json, slug
+from ..overlay import draw_overlay, overlay_grid
+from ..scorer import Scorer, load_references
 
 
 def build_scorer(cfg: dict) -> Any:
@@ -19,9 +25,6 @@ def build_scorer(cfg: dict) -> Any:
     if cfg.get("scorer"):
         mod, _, fn = cfg["scorer"].partition(":")
         return getattr(importlib.import_module(mod), fn)(cfg)
-    from ..backends import BackendSpec
-    from ..scorer import Scorer, load_references
-
     spec = BackendSpec(cfg.get("backend", "auto"), device=cfg.get("device", "auto"), threads=cfg.get("threads"))
     if cfg.get("characters"):
         refs = {r.name: r for r in load_references(cfg["reference"], spec, by_class=True, progress=False)}
@@ -39,8 +42,6 @@ def evaluate(scorer: Any, job: dict) -> dict:
     values are the per-character ones weighted by their number of images."""
     if isinstance(scorer, dict):
         return _evaluate_characters(scorer, job)
-    from ..images import load_image
-
     paths = [Path(p) for p in job["paths"]]
     images = [load_image(p) for p in paths]
     report = scorer.score_images(images, [p.name for p in paths])
@@ -48,8 +49,6 @@ def evaluate(scorer: Any, job: dict) -> dict:
 
 
 def _evaluate_characters(scorers: dict, job: dict) -> dict:
-    from ..images import load_image
-
     chars = job.get("characters") or []
     if len(chars) != len(job["paths"]):
         raise ValueError(f"{len(job['paths'])} images but {len(chars)} character labels")
@@ -65,10 +64,6 @@ def _evaluate_characters(scorers: dict, job: dict) -> dict:
     result = combine_characters(per, slug)
     grids = [r["grid"] for r in per.values() if r.get("grid")]
     if grids:
-        from PIL import Image
-
-        from ..io_utils import atomic_save_image
-
         ims = [Image.open(g).convert("RGB") for g in grids]
         canvas = Image.new("RGB", (max(i.width for i in ims), sum(i.height for i in ims)))
         y = 0
@@ -81,8 +76,6 @@ def _evaluate_characters(scorers: dict, job: dict) -> dict:
 
 
 def _result(report: Any, images: list, out: Path) -> dict:
-    from ..io_utils import atomic_save_image, atomic_write_text, dumps_json
-
     result: dict[str, Any] = {
         "score": float(report.score),
         "scalars": {k: float(v) for k, v in report.scalars().items()},
@@ -98,8 +91,6 @@ def _result(report: Any, images: list, out: Path) -> dict:
         result["report_error"] = str(e)
     samples = getattr(report, "samples", None)
     if samples:
-        from ..overlay import draw_overlay, overlay_grid
-
         grid = overlay_grid([draw_overlay(img, m) for img, m in zip(images, samples)], columns=min(4, len(images)))
         atomic_save_image(grid, out / "overlay_grid.png")
         result["grid"] = str(out / "overlay_grid.png")

@@ -28,7 +28,7 @@ from .best import best_name
 from .early_stop import StopConfig
 from .leaderboard import FOLDER, RUN_RECORD, Leaderboard
 from .options import ConsistencyOptions
-from .ranks import RankSync, is_main_process, rank_sync
+from .distributed import RankSync, is_main_process, rank_sync
 from .trackers import Trackers
 
 logger = logging.getLogger("kohya_ext")
@@ -202,7 +202,7 @@ class TrainingRun:
 
     # -- one evaluation, main process ----------------------------------------------------------------
     def _rank_sync(self, accelerator: Any) -> RankSync:
-        """How the ranks agree (decided once, alike on every rank; see kohya_ext.training.ranks)."""
+        """How the ranks agree (decided once, alike on every rank; see kohya_ext.training.distributed)."""
         if self.ranks is None:
             self.ranks = rank_sync(accelerator)
             if self.ranks.world > 1 and self.is_main:

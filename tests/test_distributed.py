@@ -1,4 +1,4 @@
-"""How the ranks agree at an evaluation (kohya_ext.training.ranks), in-process with fakes; the
+"""How the ranks agree at an evaluation (kohya_ext.training.distributed), in-process with fakes; the
 two-process runs are in test_train_standin.py and test_gui_network.py."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from accelerate.utils import DistributedType
 
-from kohya_ext.training import ranks
+from kohya_ext.training import distributed
 
 
 class _Acc:
@@ -38,11 +38,11 @@ def torch_calls(monkeypatch):
 def test_accelerate_typed_no_with_a_two_rank_group_goes_through_torch(monkeypatch, torch_calls):
     """accelerate >= 1.13 on a CPU-only torchrun without cpu=True: typed NO, 2 processes, and its
     own group initialised; its helpers would do nothing, so torch.distributed is used."""
-    monkeypatch.setattr(ranks, "_torch_world", lambda: (2, "gloo"))
+    monkeypatch.setattr(distributed, "_torch_world", lambda: (2, "gloo"))
     acc = _Acc(DistributedType.NO, 2)
-    sync = ranks.rank_sync(acc)
-    assert (sync.mode, sync.world, sync.distributed_type, sync.backend) == (ranks.TORCH, 2, "NO", "gloo")
-    monkeypatch.setattr(ranks, "_default_store", lambda: None)  # a torch without the store: the collective
+    sync = distributed.rank_sync(acc)
+    assert (sync.mode, sync.world, sync.distributed_type, sync.backend) == (distributed.TORCH, 2, "NO", "gloo")
+    monkeypatch.setattr(distributed, "_default_store", lambda: None)  # a torch without the store: the collective
     sync.barrier(acc)
     assert sync.broadcast(None) == "STOP"
     assert torch_calls == ["barrier", ("broadcast", 0)] and acc.waits == 0
@@ -52,7 +52,7 @@ def test_accelerate_typed_no_with_a_two_rank_group_goes_through_torch(monkeypatc
 def test_accelerate_distributed_uses_accelerate_helpers(monkeypatch, torch_calls):
     import accelerate.utils
 
-    monkeypatch.setattr(ranks, "_torch_world", lambda: (2, "gloo"))
+    monkeypatch.setattr(distributed, "_torch_world", lambda: (2, "gloo"))
     sent = []
 
     def bcast(box, from_process=0):
@@ -60,25 +60,25 @@ def test_accelerate_distributed_uses_accelerate_helpers(monkeypatch, torch_calls
         box[0] = "STOP"
 
     monkeypatch.setattr(accelerate.utils, "broadcast_object_list", bcast)
-    monkeypatch.setattr(ranks, "_default_store", lambda: None)  # no torch.distributed store (e.g. XLA)
+    monkeypatch.setattr(distributed, "_default_store", lambda: None)  # no torch.distributed store (e.g. XLA)
     acc = _Acc(DistributedType.MULTI_CPU, 2)
-    sync = ranks.rank_sync(acc)
-    assert sync.mode == ranks.ACCELERATE and sync.distributed_type == "MULTI_CPU"
+    sync = distributed.rank_sync(acc)
+    assert sync.mode == distributed.ACCELERATE and sync.distributed_type == "MULTI_CPU"
     sync.barrier(acc)
     assert sync.broadcast(None) == "STOP" and sent == [0] and acc.waits == 1 and torch_calls == []
 
 
 def test_single_process_and_no_group_make_no_collective(monkeypatch, torch_calls):
-    monkeypatch.setattr(ranks, "_torch_world", lambda: (1, None))
+    monkeypatch.setattr(distributed, "_torch_world", lambda: (1, None))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     acc = _Acc(DistributedType.NO, 1)
-    single = ranks.rank_sync(acc)
-    assert single.mode == ranks.SINGLE and single.world == 1
+    single = distributed.rank_sync(acc)
+    assert single.mode == distributed.SINGLE and single.world == 1
     single.barrier(acc)
     assert single.broadcast("mine") == "mine"
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun started 2 ranks, but nobody made a group
-    lone = ranks.rank_sync(acc)
-    assert lone.mode == ranks.NONE and lone.world == 2 and "cannot make them agree" in lone.describe()
+    lone = distributed.rank_sync(acc)
+    assert lone.mode == distributed.NONE and lone.world == 2 and "cannot make them agree" in lone.describe()
     lone.barrier(acc)
     assert lone.broadcast("mine") == "mine" and torch_calls == [] and acc.waits == 0
 
@@ -91,7 +91,7 @@ def test_an_accelerator_without_a_type_reads_its_state():
         state = _State()
         num_processes = 4
 
-    assert ranks.rank_sync(_Old()).mode == ranks.ACCELERATE
+    assert distributed.rank_sync(_Old()).mode == distributed.ACCELERATE
 
 
 def test_store_broadcast_hands_rank_0s_decision_to_a_rank_that_asked_first():
@@ -107,14 +107,14 @@ def test_store_broadcast_hands_rank_0s_decision_to_a_rank_that_asked_first():
     store = dist.HashStore()
     store.set_timeout(datetime.timedelta(seconds=30))
     got: list = []
-    rank1 = threading.Thread(target=lambda: got.extend([ranks.store_broadcast(store, 1, "mine", 1),
-                                                        ranks.store_broadcast(store, 1, "mine", 2)]))
+    rank1 = threading.Thread(target=lambda: got.extend([distributed.store_broadcast(store, 1, "mine", 1),
+                                                        distributed.store_broadcast(store, 1, "mine", 2)]))
     rank1.start()
     time.sleep(0.3)
     assert got == [] and rank1.is_alive()  # waiting for rank 0
-    assert ranks.store_broadcast(store, 0, "early stop at step 6", 1) == "early stop at step 6"
+    assert distributed.store_broadcast(store, 0, "early stop at step 6", 1) == "early stop at step 6"
     time.sleep(0.1)
-    assert ranks.store_broadcast(store, 0, None, 2) is None
+    assert distributed.store_broadcast(store, 0, None, 2) is None
     rank1.join(10)
     assert got == ["early stop at step 6", None]
 
@@ -128,11 +128,11 @@ def test_a_group_with_a_store_broadcasts_through_it_on_either_path(monkeypatch, 
 
     store = dist.HashStore()
     store.set_timeout(datetime.timedelta(seconds=10))
-    monkeypatch.setattr(ranks, "_torch_world", lambda: (2, "gloo"))
-    monkeypatch.setattr(ranks, "_default_store", lambda: store)
-    monkeypatch.setattr(ranks, "_broadcasts", 0)
+    monkeypatch.setattr(distributed, "_torch_world", lambda: (2, "gloo"))
+    monkeypatch.setattr(distributed, "_default_store", lambda: store)
+    monkeypatch.setattr(distributed, "_broadcasts", 0)
     monkeypatch.setattr(dist, "get_rank", lambda *a: 1)
-    ranks.store_broadcast(store, 0, "STOP from the store", 1)  # what rank 0 sets
-    sync = ranks.rank_sync(_Acc(dtype, 2))
-    assert sync.mode in (ranks.TORCH, ranks.ACCELERATE)
+    distributed.store_broadcast(store, 0, "STOP from the store", 1)  # what rank 0 sets
+    sync = distributed.rank_sync(_Acc(dtype, 2))
+    assert sync.mode in (distributed.TORCH, distributed.ACCELERATE)
     assert sync.broadcast(None) == "STOP from the store" and torch_calls == []

@@ -11,7 +11,7 @@ import pytest
 
 from kohya_ext.backends import BackendSpec
 from kohya_ext.cli import main
-from kohya_ext.posthoc.compare import FIELDS, compare_runs, format_comparison
+from kohya_ext.posthoc.compare_runs import FIELDS, compare_runs, format_comparison
 from kohya_ext.posthoc.rank import RANK_DIR, load_rank
 from posthoc_fixtures import make_kohya_ext_run, make_sample_run
 
