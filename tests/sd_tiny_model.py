@@ -126,10 +126,13 @@ FAMILY_ARGS: dict[str, list[str]] = {
               "--network_train_unet_only", "--mixed_precision", "bf16", "--gradient_checkpointing", "--save_precision", "bf16",
               "--timestep_sampling", "sigmoid", "--discrete_flow_shift", "1.0",
               "--qwen3_max_token_length", "64", "--t5_max_token_length", "64"],
-    # docs/flux_train_network.md's recipe (guidance 1.0, flux_shift timesteps, raw prediction) in bf16 with the
-    # brief's caching; T5 tokens 64 instead of 512: T5-XXL encodes every caption and prompt on the CPU.
+    # docs/flux_train_network.md's recipe (guidance 1.0, flux_shift timesteps, raw prediction, fp8 base), cached
+    # latents and text-encoder outputs, DiT only, bf16, checkpointing. T5 tokens 64 instead of 512: T5-XXL encodes
+    # every caption and prompt on the CPU (~100 s each here). --fp8_base works on this CPU (the DiT is stored as
+    # float8_e4m3fn and computes under bf16 autocast; a step took 218 s in fp8, ~210 s in bf16, on 2 busy cores);
+    # T5 stays bf16: sd-scripts casts text encoders to fp8 only off the CPU (train_network.py).
     "flux": ["--network_module", "networks.lora_flux", "--cache_latents", "--cache_text_encoder_outputs",
-             "--network_train_unet_only", "--t5xxl_max_token_length", "64", "--mixed_precision", "bf16",
+             "--network_train_unet_only", "--t5xxl_max_token_length", "64", "--mixed_precision", "bf16", "--fp8_base",
              "--gradient_checkpointing", "--save_precision", "bf16", "--guidance_scale", "1.0",
              "--timestep_sampling", "flux_shift", "--model_prediction_type", "raw"],
 }

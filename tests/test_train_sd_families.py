@@ -72,7 +72,8 @@ def test_family_trains_evaluates_keeps_best_and_stops_early(variant, tmp_path, t
     out = tmp_path / "out"
     ours = ["--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
             "--consistency_reference", str(ref), "--consistency_patience", "1", "--consistency_warmup", "1"]
-    env = {"PYTHONPATH": str(h.working_tree_overlay(tmp_path, PY)), "OMP_NUM_THREADS": "2"}
+    # HF_HUB_OFFLINE: every tokenizer and model is local; a missing one must fail at once, not wait on the network
+    env = {"PYTHONPATH": str(h.working_tree_overlay(tmp_path, PY)), "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     proc = h.run_trainer(tmp_path, _args(tiny["root"], out, 6) + VARIANTS[variant] + ours, env=env, script=tiny["script"],
                          sd_scripts=Path(SD), python=PY, timeout=5400)
     print(proc.stdout[-4000:])
