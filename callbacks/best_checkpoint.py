@@ -11,14 +11,16 @@ from typing import Any
 
 from kohya_ext.training import best as bestcopy
 from kohya_ext.training import decisions
-from kohya_ext.training.messages import say
+from kohya_ext.training.messages import measured, say
 
 logger = logging.getLogger("kohya_ext")
-SUMMARY_KEYS = ("eval", "cum_step", "kohya_step", "epoch", "checkpoint", "score")
+SUMMARY_KEYS = ("eval", "cum_step", "kohya_step", "epoch", "checkpoint", "score", "val_loss")
 
 
 def summary(row: dict | None) -> dict | None:
     return None if row is None else {k: row.get(k) for k in SUMMARY_KEYS}
+
+
 
 
 class BestCheckpoint:
@@ -86,7 +88,7 @@ class BestCheckpoint:
         except Exception as e:
             return self._done(row, f"failed: {type(e).__name__}: {e}", f"{type(e).__name__}: {e}")
         self._done(row, "copied", None)
-        say(f"best checkpoint so far: {Path(src).name} (score {row['score']:.4f}) copied to {self.path.name}")
+        say(f"best checkpoint so far: {Path(src).name} ({measured(row)}) copied to {self.path.name}")
 
     def _save_own(self, row: dict, global_step: int, network: Any) -> None:
         if network is None or not hasattr(network, "save_weights"):
@@ -109,7 +111,7 @@ class BestCheckpoint:
         finally:
             self.saving_own = False
         self._done(row, "saved", None)
-        say(f"best weights so far (step {global_step}, score {row['score']:.4f}) saved to {self.path.name}")
+        say(f"best weights so far (step {global_step}, {measured(row)}) saved to {self.path.name}")
 
     def outcome(self) -> dict:
         """For the leaderboard, run.json and the end line: the file, what it holds, why a copy failed."""

@@ -328,6 +328,7 @@ def install_instance_hooks(trainer: Any, run: Any, surface: KohyaSurface) -> Non
     orig_post = trainer.post_process_network
     orig_step_logging = trainer.step_logging
     orig_epoch_logging = trainer.epoch_logging
+    orig_val_step_end = getattr(trainer, "on_validation_step_end", None)  # v0.10+: every rank, every validation step
 
     def sample_images(accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet):
         trace("sample_images", global_step, epoch, (accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet))
@@ -346,17 +347,26 @@ def install_instance_hooks(trainer: Any, run: Any, surface: KohyaSurface) -> Non
         trace("step_logging", global_step, epoch, (accelerator, logs, global_step, epoch))
         if isinstance(epoch, int):
             run.kohya_epoch(epoch)
+        run.logged(logs, global_step)  # loss/validation/step_average arrives here (main process, with a tracker)
         return orig_step_logging(accelerator, logs, global_step, epoch)
 
     def epoch_logging(accelerator, logs, global_step, epoch):
         trace("epoch_logging", global_step, epoch, (accelerator, logs, global_step, epoch))
+        run.logged(logs, global_step)
         return orig_epoch_logging(accelerator, logs, global_step, epoch)
+
+    def on_validation_step_end(args, accelerator, network, text_encoders, unet, batch, weight_dtype):
+        trace("on_validation_step_end", run.current_step, None, (args, accelerator, network, text_encoders, unet, batch, weight_dtype))
+        run.validation_step_ended()
+        return orig_val_step_end(args, accelerator, network, text_encoders, unet, batch, weight_dtype)
 
     def cache_text_encoder_outputs_if_needed(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype):
         # Families that cache sample-prompt encodings read args.sample_prompts here: show them
         # ours too, then put the user's value back (their own sampling is unchanged).
         trace("cache_text_encoder_outputs_if_needed", None, None, (args, accelerator, unet, vae, text_encoders, dataset, weight_dtype))
         user = args.sample_prompts
+        if run.prompt_file is None:  # nothing of ours to render
+            return orig_cache(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
         try:
             args.sample_prompts = str(cache_prompt_file(run.prompt_file, user, surface.fns.load_prompts, run.folder / "prompts-to-cache.json"))
         except Exception as e:  # never block training over our prompts
@@ -372,12 +382,16 @@ def install_instance_hooks(trainer: Any, run: Any, surface: KohyaSurface) -> Non
     trainer.post_process_network = post_process_network
     trainer.step_logging = step_logging
     trainer.epoch_logging = epoch_logging
+    if orig_val_step_end is not None:
+        trainer.on_validation_step_end = on_validation_step_end
 
 
 def _wrap_network(network: Any, run: Any) -> None:
-    """Know every checkpoint kohya writes (``save_weights`` at each save) and every epoch start."""
+    """Know every checkpoint kohya writes (``save_weights`` at each save), every epoch start, and the end of
+    each validation (the network back in training mode)."""
     orig_save = network.save_weights
     orig_epoch = getattr(network, "on_epoch_start", None)
+    orig_train = getattr(network, "train", None)
 
     def save_weights(file, dtype, metadata):
         trace("save_weights", run.current_step, None, (file, dtype, metadata))
@@ -390,8 +404,15 @@ def _wrap_network(network: Any, run: Any) -> None:
         run.epoch_started()
         return orig_epoch(*a, **kw) if orig_epoch else None
 
+    def train(mode=True):
+        out = orig_train(mode)
+        run.network_mode(bool(mode))  # sd-scripts' validation ends with unwrap_model(network).train()
+        return out
+
     network.save_weights = save_weights
     network.on_epoch_start = on_epoch_start
+    if callable(orig_train):
+        network.train = train
 
 
 def finish_after_stop(args: Any, fns: Any, run: Any, stop: Any) -> None:

@@ -78,3 +78,35 @@ def test_validation_loss_and_consistency_share_a_run_without_disturbing_each_oth
 
     plain_samples = samples("plain")
     assert len(plain_samples) == 4 and samples("both") == plain_samples
+
+
+def test_validation_loss_stops_the_run_and_best_holds_the_first_validation(tmp_path):
+    """``--consistency_monitor val_loss`` on real sd-scripts: no reference, nothing rendered. A min_delta no loss
+    can beat makes the second validation the stop (patience 1), whatever the tiny model's losses are: the run ends
+    there, ``-best`` holds the first validation's weights and the final file the stop step's."""
+    if not (Path(SD) / "train_network.py").is_file():
+        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no train_network.py")
+    if "--validation_split" not in (Path(SD) / "train_network.py").read_text(encoding="utf-8"):
+        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} predates sd-scripts' validation loss (v0.10)")
+    from kohya_ext.training.best import META_STEP, META_VAL_LOSS, read_metadata
+
+    tiny = real._tiny()
+    root = tmp_path / "val"
+    root.mkdir()
+    out = root / "out"
+    env = {"PYTHONPATH": str(real._overlay(root)), "OMP_NUM_THREADS": "2"}
+    ours = ["--max_train_steps", "8", "--consistency", "--consistency_monitor", "val_loss", "--consistency_patience", "1",
+            "--consistency_min_delta", "100"]
+    proc = h.run_trainer(root, real._args(tiny, out) + VALIDATION + ours, env=env, sd_scripts=Path(SD), python=PY, timeout=1500)
+    print(proc.stdout[-3000:])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
+    assert len(board) == 2 and board[0]["is_best"] and board[1]["stop_reason"] == "patience_exhausted", board
+    first, stop = board[0]["kohya_step"], board[1]["kohya_step"]
+    tb = h.read_tensorboard(out / "logs")
+    logged = sorted(tb.get("loss/validation/step_average", []) + tb.get("loss/validation/epoch_average", []))
+    assert board[0]["val_loss"] == pytest.approx(next(v for s, v in logged if s == first), rel=1e-6)
+    assert max(s for s, _ in tb["loss/current"]) == stop < 8  # no optimizer step after the stop
+    best = read_metadata(out / "tiny-best.safetensors")
+    assert best[META_STEP] == str(first) and best["ss_steps"] == str(first) and META_VAL_LOSS in best
+    assert not list((out / "consistency").glob("eval-*")) and "consistency reference ready" not in proc.stdout

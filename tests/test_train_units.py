@@ -65,6 +65,17 @@ def test_decide_patience_min_delta_warmup_target():
     assert stop and reason is StopReason.TARGET and "0.9000" in msg
 
 
+def test_decide_on_a_loss_lower_is_better_and_target_does_not_apply():
+    cfg = StopConfig(patience=2, min_delta=0.01, target=0.5, name="loss/validation", mode="min")
+    s, seen = EarlyStopState(), []
+    for loss in [0.50, 0.40, 0.395, 0.45]:
+        s, stop, reason, msg = decide(s, loss, cfg)
+        seen.append((stop, reason))
+    # 0.395 is within min_delta of 0.40; 0.45 is worse: patience 2 spent. A "target" is a score's, never a loss's
+    assert seen == [(False, StopReason.IMPROVED)] * 2 + [(False, StopReason.WAITING), (True, StopReason.PATIENCE)]
+    assert s.best == 0.40 and msg.startswith("loss/validation did not improve on 0.4000")
+
+
 def test_decide_failures_and_memorised_do_not_count():
     cfg = StopConfig(patience=1)
     s, _, _, _ = decide(EarlyStopState(), 0.5, cfg)

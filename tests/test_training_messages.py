@@ -59,4 +59,5 @@ def test_resumed_counts():
     best = {"score": 0.5, "cum_step": 6}
     assert messages.resumed([{}, {}], [], None, None) == "2 evaluation(s) kept"
     assert messages.resumed([{}], [{}], best, 1) == ("1 evaluation(s) kept, 1 from the replaced continuation set aside; "
-                                                     "best 0.5000 at cumulative step 6; 1 evaluation(s) without improvement so far")
+                                                     "best consistency 0.5000 at cumulative step 6; 1 evaluation(s) without improvement so far")
+    assert "best validation loss 0.3000 at cumulative step 4" in messages.resumed([{}], [], {"val_loss": 0.3, "cum_step": 4}, None)

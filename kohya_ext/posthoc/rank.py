@@ -65,10 +65,11 @@ def unwritable(folder: Path) -> str | None:
 
 
 def rank_key(row: dict[str, Any]) -> tuple:
-    """Scored before failed, clean before memorised, higher score first, earlier step on ties."""
-    score = row.get("score")
-    return (row.get("status") != "ok" or score is None, bool(row.get("memorized")),
-            -(score if score is not None else 0.0), row.get("eval") or 0)
+    """Scored before failed, clean before memorised, higher score first (a run watching only the validation loss:
+    lower loss first), earlier step on ties."""
+    score, val = row.get("score"), row.get("val_loss")
+    return (row.get("status") != "ok" or (score is None and val is None), bool(row.get("memorized")),
+            -score if score is not None else val if val is not None else 0.0, row.get("eval") or 0)
 
 
 def _leaderboard_path(output_dir: Path) -> Path:
@@ -272,17 +273,20 @@ def _short(name: str) -> str:
 
 def format_table(result: RankResult) -> str:
     """The leaderboard as text, best first, with the warnings next to it."""
-    heads = ["#", "checkpoint", "score", "det%", "mem%"] + [_short(r) for r in RATIO_NAMES]
+    with_val = any(r.get("val_loss") is not None for r in result.rows)
+    heads = ["#", "checkpoint", "score"] + (["val loss"] if with_val else []) + ["det%", "mem%"] + [_short(r) for r in RATIO_NAMES]
     lines = []
     table = []
     for i, r in enumerate(result.rows, start=1):
         label = point_label(r) + (" *best" if r.get("is_best") else "") + (" (memorised)" if r.get("memorized") else "") \
             + (" (file overwritten)" if r.get("checkpoint_overwritten") else "")
+        val = ([f"{r['val_loss']:.4f}" if r.get("val_loss") is not None else "-"] if with_val else [])
         if r.get("status") != "ok" or r.get("score") is None:
-            table.append([str(i), label, "failed", "", ""] + [""] * len(RATIO_NAMES))
+            failed = r.get("status") != "ok" or r.get("val_loss") is None
+            table.append([str(i), label, "failed" if failed else "-"] + val + ["", ""] + [""] * len(RATIO_NAMES))
             continue
         mem = r.get("memorization")
-        table.append([str(i), label, f"{r['score']:.4f}", f"{100 * r['detection_rate']:.0f}",
+        table.append([str(i), label, f"{r['score']:.4f}"] + val + [f"{100 * r['detection_rate']:.0f}",
                       "-" if mem is None else f"{100 * mem:.0f}"]
                      + ["-" if r.get(f"{n}_diff_pct") is None else f"{r[f'{n}_diff_pct']:+.1f}" for n in RATIO_NAMES])
     widths = [max(len(h), *(len(row[j]) for row in table)) for j, h in enumerate(heads)]

@@ -29,9 +29,13 @@ def best_name(output_name: str | None, ext: str) -> str:
     return f"{output_name or 'last'}-best{ext}"
 
 
+META_VAL_LOSS = "kohya_ext_validation_loss"
+
+
 def best_metadata(row: dict) -> dict[str, str]:
     return {
-        META_SCORE: f"{row['score']:.6f}",
+        **({META_SCORE: f"{row['score']:.6f}"} if row.get("score") is not None else {}),
+        **({META_VAL_LOSS: f"{row['val_loss']:.6f}"} if row.get("val_loss") is not None else {}),
         META_STEP: str(row["cum_step"]),
         META_KOHYA_STEP: str(row["kohya_step"]),
         META_EPOCH: str(row.get("epoch")),

@@ -1,4 +1,5 @@
-"""Early stopping on the consistency score: one pure decision function returning (stop, reason)."""
+"""Early stopping on one monitored value (the consistency score, or sd-scripts' validation loss):
+one pure decision function returning (stop, reason)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ class StopConfig:
     patience: int | None = None
     min_delta: float = 0.0
     warmup: int = 0
-    target: float | None = None
+    target: float | None = None  # mode "max" only
+    name: str = "consistency/score"  # what is watched, for the messages
+    mode: str = "max"  # "max": higher is better (a score); "min": lower is better (a loss)
 
     @property
     def active(self) -> bool:
@@ -62,19 +65,22 @@ def decide(state: EarlyStopState, score: float | None, cfg: StopConfig, eligible
     if score is None or not math.isfinite(score):
         return state, False, StopReason.FAILED, "evaluation failed: not counted toward patience"
     n = state.evaluations + 1
-    improved = eligible and (state.best is None or score > state.best + cfg.min_delta)
+    if state.best is None:
+        improved = eligible
+    else:
+        improved = eligible and (score > state.best + cfg.min_delta if cfg.mode == "max" else score < state.best - cfg.min_delta)
     best = score if improved else state.best
     wait = 0 if improved else state.wait + 1
     new = replace(state, best=best, wait=wait, evaluations=n)
     if n < cfg.warmup:
         return new, False, StopReason.WARMUP, f"evaluation {n} of {cfg.warmup} warm-up evaluations: no stop yet"
-    if cfg.target is not None and eligible and score >= cfg.target:
-        msg = f"consistency/score {score:.4f} reached the target {cfg.target:.4f}"
+    if cfg.target is not None and cfg.mode == "max" and eligible and score >= cfg.target:
+        msg = f"{cfg.name} {score:.4f} reached the target {cfg.target:.4f}"
         return replace(new, stopped=True, reason=StopReason.TARGET.value, message=msg), True, StopReason.TARGET, msg
     if cfg.patience is not None and wait >= cfg.patience:
-        msg = (f"consistency/score did not improve on {best if best is not None else float('nan'):.4f} by more than "
+        msg = (f"{cfg.name} did not improve on {best if best is not None else float('nan'):.4f} by more than "
                f"{cfg.min_delta:g} for {wait} evaluations (patience {cfg.patience}); last {score:.4f}")
         return replace(new, stopped=True, reason=StopReason.PATIENCE.value, message=msg), True, StopReason.PATIENCE, msg
     if improved:
-        return new, False, StopReason.IMPROVED, f"consistency/score improved to {score:.4f}"
+        return new, False, StopReason.IMPROVED, f"{cfg.name} improved to {score:.4f}"
     return new, False, StopReason.WAITING, f"no improvement for {wait} evaluation(s) (best {best:.4f})" if best is not None else "no eligible score yet"

@@ -22,14 +22,14 @@ CSV_NAME = "leaderboard.csv"
 JSON_NAME = "leaderboard.json"
 
 BASE_COLUMNS = [
-    "eval", "status", "cum_step", "kohya_step", "epoch", "trigger", "checkpoint", "score",
+    "eval", "status", "cum_step", "kohya_step", "epoch", "trigger", "checkpoint", "score", "val_loss", "val_loss_step",
     "detection_rate", "memorization", "memorized", "is_best", "backend", "score_version", "formula_version",
 ]
 RATIO_COLUMNS = [f"{r}_{k}" for r in RATIO_NAMES for k in ("diff_pct", "z")]
 TAIL_COLUMNS = ["es_best", "es_wait", "stop", "stop_reason", "message", "error", "best_copy", "checkpoint_overwritten", "images_dir",
                 "seconds_render", "seconds_score", "time", "segment", "characters"]
 COLUMNS = BASE_COLUMNS + RATIO_COLUMNS + TAIL_COLUMNS
-BEST_KEYS = ("eval", "cum_step", "kohya_step", "epoch", "checkpoint", "score", "best_copy", "checkpoint_overwritten")
+BEST_KEYS = ("eval", "cum_step", "kohya_step", "epoch", "checkpoint", "score", "val_loss", "best_copy", "checkpoint_overwritten")
 
 
 class Leaderboard:
@@ -69,8 +69,8 @@ class Leaderboard:
             lb.meta = dict(d.get("run", {}))
             lb.abandoned = list(d.get("abandoned", []))
             lb.best_file = d.get("best_file") if isinstance(d.get("best_file"), dict) else None
-            for r in lb.rows:  # a row without a score is never the best, whatever the file says
-                if r.get("is_best") and (r.get("status") != "ok" or r.get("score") is None):
+            for r in lb.rows:  # a row without a number is never the best, whatever the file says
+                if r.get("is_best") and (r.get("status") != "ok" or (r.get("score") is None and r.get("val_loss") is None)):
                     r["is_best"] = False
         return lb
 
@@ -129,8 +129,8 @@ class Leaderboard:
         atomic_write_text(self.csv_path, buf.getvalue())
 
 
-_NUMBER_COLUMNS = {"score", "detection_rate", "memorization", "es_best", "seconds_render", "seconds_score", "time", *RATIO_COLUMNS}
-_INT_COLUMNS = {"eval", "cum_step", "kohya_step", "epoch", "es_wait", "segment", "images"}
+_NUMBER_COLUMNS = {"score", "val_loss", "detection_rate", "memorization", "es_best", "seconds_render", "seconds_score", "time", *RATIO_COLUMNS}
+_INT_COLUMNS = {"eval", "cum_step", "kohya_step", "epoch", "es_wait", "segment", "images", "val_loss_step"}
 _BOOL_COLUMNS = {"memorized", "is_best", "stop"}
 
 

@@ -28,6 +28,11 @@ def evaluation(global_step: int, trigger: str, row: dict, memorization_max: floa
                "not crowned best)" if row.get("memorized") else ""))
 
 
+def measured(row: dict) -> str:
+    """What an evaluation measured, in words: its consistency score, or its validation loss."""
+    return f"consistency {row['score']:.4f}" if row.get("score") is not None else f"validation loss {row['val_loss']:.4f}"
+
+
 def fit_end(rows: list[dict], best: dict | None, best_file: dict, stop_message: str | None, write_errors: dict[str, str]) -> str:
     """The run's last line: the best evaluation and which file holds it (a failed copy said as such), how many
     evaluations, why it stopped early, and every file kohya-ext could not write."""
@@ -46,7 +51,7 @@ def fit_end(rows: list[dict], best: dict | None, best_file: dict, stop_message: 
             where = f"{where}; copying it failed ({why}): {was}"
         if best.get("checkpoint_overwritten"):
             where += f"; {best.get('checkpoint')} was overwritten {best['checkpoint_overwritten']}"
-        line = (f"best consistency {best['score']:.4f} at step {best['kohya_step']} (cumulative {best['cum_step']}, "
+        line = (f"best {measured(best)} at step {best['kohya_step']} (cumulative {best['cum_step']}, "
                 f"epoch {best['epoch']}, {where}); {counts}")
     return (line + (f"; stopped early: {stop_message}" if stop_message is not None else "")
             + ("".join(f"; NOT WRITTEN: {name} ({err})" for name, err in write_errors.items())))
@@ -56,5 +61,5 @@ def resumed(kept: list[dict], abandoned: list[dict], best: dict | None, wait: in
     """What a resume kept; ``wait``: evaluations without improvement (None without early stopping)."""
     return (f"{len(kept)} evaluation(s) kept"
             + (f", {len(abandoned)} from the replaced continuation set aside" if abandoned else "")
-            + (f"; best {best['score']:.4f} at cumulative step {best['cum_step']}" if best else "")
+            + (f"; best {measured(best)} at cumulative step {best['cum_step']}" if best else "")
             + (f"; {wait} evaluation(s) without improvement so far" if wait is not None else ""))

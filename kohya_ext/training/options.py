@@ -14,6 +14,7 @@ from ..backends import BACKEND_NAMES
 from ..errors import KohyaExtError
 
 GROUP_TITLE = "kohya-ext consistency"
+MONITORS = ("consistency", "val_loss", "both")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,16 @@ class ConsistencyOptions:
     size: int | None = None
     memorization_max: float = 0.5
     scorer: str | None = None
+    monitor: str = "consistency"
+    val_loss_slack: float = 0.05
+
+    @property
+    def watches_consistency(self) -> bool:
+        return self.monitor != "val_loss"
+
+    @property
+    def watches_val_loss(self) -> bool:
+        return self.monitor != "consistency"
 
     def as_config(self) -> dict[str, Any]:
         """Flat ``consistency_*`` keys for the tracker run config and the run record."""
@@ -76,6 +87,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="render size of prompts that give none (default: the training resolution)")
     g.add_argument("--consistency_memorization_max", type=float, default=_DEFAULTS.memorization_max,
                    help="an evaluation whose share of near-copies of training images exceeds this is never crowned best")
+    g.add_argument("--consistency_monitor", type=str, default=_DEFAULTS.monitor, choices=MONITORS,
+                   help="what early stopping and {output_name}-best watch: consistency (renders scored against the training "
+                        "images), val_loss (sd-scripts' validation loss: needs --validation_split and --logging_dir; renders "
+                        "nothing, needs no reference) or both (stop when neither improved for --consistency_patience evaluations; "
+                        "crown by consistency among evaluations whose validation loss is within --consistency_val_loss_slack "
+                        "of the lowest so far)")
+    g.add_argument("--consistency_val_loss_slack", type=float, default=_DEFAULTS.val_loss_slack,
+                   help="--consistency_monitor both: an evaluation whose last validation loss exceeds the lowest so far by more "
+                        "than this share is never crowned best (0.05 = 5%%)")
     g.add_argument("--consistency_scorer", type=str, default=None,
                    help="advanced: MODULE:CALLABLE building a custom scorer in the scoring worker")
 
@@ -137,6 +157,9 @@ def from_args(args: Any) -> ConsistencyOptions:
     scorer = _str(args, "consistency_scorer", None)
     if scorer is not None and ":" not in scorer:
         raise _bad("consistency_scorer", scorer, "MODULE:CALLABLE")
+    monitor = _str(args, "consistency_monitor", "consistency")
+    if monitor not in MONITORS:
+        raise _bad("consistency_monitor", monitor, "one of " + ", ".join(MONITORS))
     opts = ConsistencyOptions(
         enabled=enabled,
         reference=_str(args, "consistency_reference", None),
@@ -154,6 +177,8 @@ def from_args(args: Any) -> ConsistencyOptions:
         size=_int(args, "consistency_size", 64, None),
         memorization_max=_float(args, "consistency_memorization_max", 0.0, 1.0, 0.5),
         scorer=scorer,
+        monitor=monitor,
+        val_loss_slack=_float(args, "consistency_val_loss_slack", 0.0, None, 0.05),
     )
     if not enabled:
         changed = [k for k, v in opts.as_config().items() if getattr(_DEFAULTS, k[len("consistency_"):]) != v]

@@ -58,10 +58,10 @@ def split_rows(rows: list[dict[str, Any]], side: dict) -> tuple[list[dict], list
 def replay(rows: list[dict[str, Any]], cfg: StopConfig) -> EarlyStopState:
     """The early-stopping state after ``rows`` (best, patience count), with any stop lifted:
     resuming asks for more training; the next evaluation applies the rules again."""
-    state = EarlyStopState()
+    state, key = EarlyStopState(), "val_loss" if cfg.mode == "min" else "score"
     for r in rows:
-        ok = r.get("status") == "ok" and r.get("score") is not None
-        state, _, _, _ = decide(state, float(r["score"]) if ok else None, cfg, eligible=ok and not r.get("memorized"))
+        ok = r.get("status") == "ok" and r.get(key) is not None
+        state, _, _, _ = decide(state, float(r[key]) if ok else None, cfg, eligible=ok and not r.get("memorized"))
     return replace(state, stopped=False, reason="none", message="") if state.stopped else state
 
 

@@ -14,6 +14,7 @@ on the same step. Nothing kohya-ext writes or logs can end the training: each fa
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from .distributed import RankSync, is_main_process, rank_sync
 from .trackers import Trackers
 
 logger = logging.getLogger("kohya_ext")
+VAL_LOSS_KEYS = ("loss/validation/step_average", "loss/validation/epoch_average")  # what sd-scripts (v0.10+) logs
 
 
 class EarlyStopped(Exception):
@@ -41,6 +43,16 @@ class EarlyStopped(Exception):
         super().__init__(message)
         self.global_step = global_step
         self.message = message
+
+
+def check_validation_args(args: Any) -> None:
+    """Watching the validation loss needs sd-scripts to compute and log it: say so before anything is spent."""
+    if not (getattr(args, "logging_dir", None) or getattr(args, "log_with", None)):
+        raise KohyaExtError("--consistency_monitor val_loss/both reads sd-scripts' validation loss from its logs, and sd-scripts "
+                            "logs only with a tracker: add --logging_dir DIR (or --log_with tensorboard/wandb)")
+    if not getattr(args, "validation_split", None) and not getattr(args, "dataset_config", None):
+        raise KohyaExtError("--consistency_monitor val_loss/both needs a validation set: add --validation_split 0.1 "
+                            "(or validation_split in the dataset config; sd-scripts v0.10 or later)")
 
 
 def prepare_folder(output_dir: Any) -> Path:
@@ -65,7 +77,13 @@ class TrainingRun:
         self.opts = opts
         self.surface = surface  # kohya_ext.patches.sd_scripts.KohyaSurface: save cadence, names, hooks
         self.is_main = is_main_process()
-        self.stopping = EarlyStopping(StopConfig(opts.patience, opts.min_delta, opts.warmup, opts.target))
+        val_cfg = StopConfig(opts.patience, opts.min_delta, opts.warmup, None, "loss/validation", "min")
+        # val_loss: one signal, the validation loss; both: the consistency score, and the validation loss beside it
+        self.stopping = EarlyStopping(val_cfg if opts.monitor == "val_loss" else
+                                      StopConfig(opts.patience, opts.min_delta, opts.warmup, opts.target))
+        self.val_stopping = EarlyStopping(val_cfg) if opts.monitor == "both" else None
+        self.val_losses: list[dict] = []  # main process: every validation loss sd-scripts logged, in order
+        self._validation_steps = 0
         self.args: Any = None
         self.folder = Path(".")
         self.evaluator: ConsistencyEvaluator | None = None
@@ -88,11 +106,14 @@ class TrainingRun:
     def start(self, args: Any) -> None:
         """Before training: the folder, the prompts (every rank), the scoring worker (main process)."""
         self.args = args
+        if self.opts.watches_val_loss:
+            check_validation_args(args)
         self.folder = prepare_folder(getattr(args, "output_dir", None))
         ext = "." + getattr(args, "save_model_as", "safetensors")
         self.best = BestCheckpoint(Path(args.output_dir) / best_name(getattr(args, "output_name", None), ext), self.opts.memorization_max)
-        self.evaluator = ConsistencyEvaluator(self.opts, self.folder)
-        self.evaluator.setup(args, self.is_main, self.deadline(args))
+        if self.opts.watches_consistency:  # val_loss alone renders nothing and needs no reference
+            self.evaluator = ConsistencyEvaluator(self.opts, self.folder)
+            self.evaluator.setup(args, self.is_main, self.deadline(args))
         if self.is_main:
             self.board = Leaderboard(self.folder)  # a fresh run starts a fresh history (resume: _on_load_state)
             self.board.meta = {"output_name": getattr(args, "output_name", None), "options": self.opts.as_config()}
@@ -107,8 +128,8 @@ class TrainingRun:
         return min(self.opts.timeout, 0.5 * (float(minutes) * 60 if minutes else 1800.0))
 
     @property
-    def prompt_file(self) -> Path:
-        return self.evaluator.prompt_file
+    def prompt_file(self) -> Path | None:
+        return None if self.evaluator is None else self.evaluator.prompt_file
 
     @property
     def last_save(self) -> dict | None:
@@ -141,6 +162,8 @@ class TrainingRun:
         self.current_step = global_step
         if epoch is not None:
             self.epoch = epoch
+        if self.evaluator is None:
+            return
         kind = decisions.evaluation_trigger(
             global_step, epoch, stopped=self.stop_message is not None, every_n_steps=self.opts.every_n_steps,
             step_save_due=self.surface.step_save_due(args, global_step),
@@ -170,6 +193,40 @@ class TrainingRun:
             else:
                 raise EarlyStopped(global_step, message)
 
+    def logged(self, logs: dict, global_step: int) -> None:
+        """sd-scripts logged ``logs`` (main process, with a tracker): keep its validation losses."""
+        for key in VAL_LOSS_KEYS:
+            if key in logs:
+                self.val_losses.append({"kohya_step": global_step, "cum_step": self.step_offset + global_step,
+                                        "value": float(logs[key]), "key": key})
+
+    def validation_step_ended(self) -> None:
+        self._validation_steps += 1
+
+    def network_mode(self, training: bool) -> None:
+        """The network was put back in training mode: after validation steps, that is where sd-scripts' validation
+        ends, on every rank (v0.10 and v0.11 call ``unwrap_model(network).train()`` right after logging it)."""
+        if training and self._validation_steps:
+            self._validation_steps = 0
+            self.validation_ended()
+
+    def validation_ended(self) -> None:
+        """Every rank, after each validation: the main process decides on the validation loss, every rank hears it."""
+        if not self.opts.watches_val_loss:
+            return
+        decision = None
+        if self.is_main:
+            try:
+                decision = self._validation(self.args)
+            except Exception as e:  # the other ranks wait in the broadcast: always reach it
+                logger.exception("kohya-ext: recording the validation loss at step %d failed, training goes on: %s: %s",
+                                 self.current_step, type(e).__name__, e)
+        message = self._rank_sync(self.accelerator).broadcast(decision)
+        if message:
+            self.stop_message = message
+            # leaves kohya's step loop at this step; the epoch-end sample hook then raises EarlyStopped
+            self.args.max_train_steps = self.current_step
+
     def checkpoint_saved(self, path: str, metadata: dict | None, dtype: Any) -> None:
         """kohya wrote a checkpoint (every rank calls; the main process records it)."""
         if not self.is_main or self.best is None or self.best.saving_own:
@@ -196,6 +253,9 @@ class TrainingRun:
             return
         if self.record is not None:
             self.record["finished"] = time.time()
+        if self.opts.watches_val_loss and not self.val_losses:
+            messages.say("--consistency_monitor watched the validation loss, but sd-scripts logged none: give --validation_split "
+                         "(or validation_split in the dataset config) and --logging_dir")
         self._save_records()
         messages.say(messages.fit_end(self.board.rows, self.board.best(), self.best.outcome(),
                                       self.stop_message if stopped_early else None, self.write_errors))
@@ -228,9 +288,16 @@ class TrainingRun:
         row.update(kohya_step=global_step, epoch=log_epoch, segment=self.segment, trigger=kind,
                    checkpoint=self._checkpoint_for(args, kind, epoch, global_step))
         eligible = False
+        last = next((v for v in reversed(self.val_losses) if v["cum_step"] <= cum), None)  # validation runs after us
+        if last is not None:
+            row.update(val_loss=last["value"], val_loss_step=last["kohya_step"])
         if ev.ok:
             best = self.board.best()
             eligible = self.best.crown(row, None if best is None else best["score"])
+            if eligible and self.val_stopping is not None and last is not None and \
+                    last["value"] > min(v["value"] for v in self.val_losses) * (1 + self.opts.val_loss_slack):
+                eligible = row["is_best"] = False
+                row["val_loss_diverging"] = True
             if row.get("device_note"):
                 messages.say(f"step {global_step}: {row['device_note']}")
             self.trackers.log_scalars(ev.scalars, global_step, log_epoch)
@@ -239,7 +306,10 @@ class TrainingRun:
             messages.say(messages.evaluation(global_step, kind, row, self.opts.memorization_max))
         else:
             messages.say(f"evaluation at step {global_step} failed, training goes on: {row['error']}")
-        stop = self.stopping.update(row, eligible)
+        stop = self.stopping.update(row, eligible, alone=self.val_stopping is None)
+        if stop is None and self.val_stopping is not None and self.stopping.exhausted and self.val_stopping.exhausted:
+            stop = self._neither_improved()
+            row.update(stop=True, stop_reason="patience_exhausted", message=stop)
         row = self.board.append(row)
         if row.get("is_best"):
             self.best.keep(row, global_step, self.network)
@@ -252,6 +322,45 @@ class TrainingRun:
         self.trackers.flush()
         self._save_records()
         return stop
+
+    def _validation(self, args: Any) -> str | None:
+        """Main process, after sd-scripts' validation at this step: record it, and decide on it."""
+        step, cum = self.current_step, self.step_offset + self.current_step
+        v = next((v for v in reversed(self.val_losses) if v["cum_step"] == cum), None)
+        if self.trackers is None:
+            self._start_trackers(self.accelerator, args)
+        if v is None:
+            messages.say(f"step {step}: sd-scripts validated but logged no {' or '.join(VAL_LOSS_KEYS)}: not counted")
+            return None
+        finite = math.isfinite(v["value"])
+        if self.val_stopping is not None:  # both: the validation loss's own patience; a stop needs both exhausted
+            self.val_stopping.update({}, finite, value=v["value"], alone=False)
+            stop = self._neither_improved() if self.stopping.exhausted and self.val_stopping.exhausted else None
+        else:  # val_loss alone: every validation is an evaluation
+            saved = self.last_save if self.last_save and self.last_save["global_step"] == step else None
+            row = {"status": "ok", "cum_step": cum, "kohya_step": step, "epoch": max(1, self.epoch), "segment": self.segment,
+                   "trigger": "validation" if v["key"].endswith("step_average") else "epoch_validation",
+                   "checkpoint": None if saved is None else Path(saved["path"]).name, "val_loss": v["value"],
+                   "val_loss_step": step, "time": time.time()}
+            best = self.board.best()
+            row["is_best"] = finite and (best is None or v["value"] < best["val_loss"])
+            stop = self.stopping.update(row, finite, value=v["value"])
+            row = self.board.append(row)
+            messages.say(f"step {step}: validation loss {v['value']:.4f}" + (" - new best" if row["is_best"] else ""))
+            if row["is_best"]:
+                self.best.keep(row, step, self.network)
+        if stop:
+            messages.say(f"early stop at step {step}: {stop}")
+            self.trackers.summary({"consistency/stopped_at_step": step, "consistency/stop_reason": "patience_exhausted"})
+            self.record["stopped"] = {"kohya_step": step, "cum_step": cum, "reason": "patience_exhausted", "message": stop}
+        self._save_records()
+        return stop
+
+    def _neither_improved(self) -> str:
+        c, v = self.stopping.state, self.val_stopping.state
+        return (f"neither consistency/score (best {c.best:.4f}, {c.wait} evaluations without improvement) nor loss/validation "
+                f"(best {v.best:.4f}, {v.wait} validations without improvement) improved by more than "
+                f"{self.stopping.cfg.min_delta:g} for {self.stopping.cfg.patience} of its evaluations")
 
     def _log_grid(self, grid: str, global_step: int, epoch: int, score: float) -> None:
         from PIL import Image
@@ -289,6 +398,7 @@ class TrainingRun:
         self._write(self.board.json_path, self.board.write)
         if self.record is not None:
             self.record.update(best=best, best_file=self.board.best_file, write_errors=dict(self.write_errors) or None,
+                               validation=self.val_losses or None,
                                tracker_errors=dict(self.trackers.failed) or None)
             self._write(self.folder / RUN_RECORD,
                         lambda: atomic_write_text(self.folder / RUN_RECORD, dumps_json(self.record, indent=1, default=str)))
@@ -299,15 +409,19 @@ class TrainingRun:
         return {"cum_step": self.step_offset + self.current_step, "segment": self.segment, "epoch": self.epoch,
                 "evaluations": [r["eval"] for r in self.board.rows] if self.board is not None else [],
                 "best": None if self.board is None else summary(self.board.best()),
-                "early_stopping": self.stopping.state_dict(), "best_checkpoint": self.best.state_dict()}
+                "early_stopping": self.stopping.state_dict(), "best_checkpoint": self.best.state_dict(),
+                "val_early_stopping": None if self.val_stopping is None else self.val_stopping.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Fields only; a resume's stop is lifted (resuming asks for more training)."""
         self.step_offset = int(state["cum_step"])
         self.segment = int(state.get("segment", 0)) + 1
         self.epoch = int(state.get("epoch", 0))
+        lifted = {"stopped": False, "reason": "none", "message": ""}
         if isinstance(state.get("early_stopping"), dict):
-            self.stopping.load_state_dict({**state["early_stopping"], "stopped": False, "reason": "none", "message": ""})
+            self.stopping.load_state_dict({**state["early_stopping"], **lifted})
+        if self.val_stopping is not None and isinstance(state.get("val_early_stopping"), dict):
+            self.val_stopping.load_state_dict({**state["val_early_stopping"], **lifted})
         if isinstance(state.get("best_checkpoint"), dict):
             self.best.load_state_dict(state["best_checkpoint"])
 
@@ -351,7 +465,11 @@ class TrainingRun:
                 messages.say(f"{input_dir} holds no {resume.SIDE_FILE} (saved without kohya-ext): the consistency history "
                              "starts afresh at cumulative step 0")
             return
-        self.load_state_dict(side)
-        if self.is_main:
-            note = self.reconcile_after_resume(side)
-            messages.say(f"resumed from {input_dir} at cumulative step {self.step_offset}: {note}")
+        try:
+            self.load_state_dict(side)
+            if self.is_main:
+                note = self.reconcile_after_resume(side)
+                messages.say(f"resumed from {input_dir} at cumulative step {self.step_offset}: {note}")
+        except Exception as e:  # never break kohya's resume over our history
+            logger.exception("kohya-ext: reading %s from %s failed, training resumes with a fresh history: %s: %s",
+                             resume.SIDE_FILE, input_dir, type(e).__name__, e)

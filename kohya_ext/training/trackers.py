@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 CUSTOM_SCALARS = {
     "kohya-ext": {
         "loss and consistency": ["Multiline", ["loss/average", "loss/current", "consistency/score"]],
+        "validation loss and consistency": ["Multiline", [r"loss/validation/.*_average", "consistency/score"]],
         "consistency score": ["Multiline", ["consistency/score"]],
         "ratio differences (%)": ["Multiline", [r"consistency/.*_diff_pct"]],
         "ratio z": ["Multiline", [r"consistency/.*_z"]],

@@ -141,6 +141,11 @@ class NetworkTrainer:
             random.seed(args.seed)
 
         dataset = _Dataset(args.train_data_dir)
+        # --validation_split: the last share of the items (sd-scripts draws them with --validation_seed)
+        n_val = math.ceil(len(dataset) * args.validation_split) if args.validation_split else 0
+        val_dataset = torch.utils.data.Subset(dataset, range(len(dataset) - n_val, len(dataset)))
+        if n_val:
+            dataset = torch.utils.data.Subset(dataset, range(len(dataset) - n_val))
         accelerator = train_util.prepare_accelerator(args)
         is_main_process = accelerator.is_main_process
         weight_dtype = torch.float32
@@ -182,10 +187,13 @@ class NetworkTrainer:
         params, lr_descriptions = network.prepare_optimizer_params(args.text_encoder_lr, args.unet_lr, args.learning_rate)
         optimizer = torch.optim.AdamW(params, lr=args.learning_rate)
         train_dataloader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=False)
+        val_dataloader = torch.utils.data.DataLoader(val_dataset, batch_size=args.train_batch_size, shuffle=False)
+        scripted_val = [float(v) for v in os.environ.get("FAKE_VAL_LOSSES", "").split(",") if v]  # tests script the curve
         if args.max_train_epochs is not None:
             args.max_train_steps = args.max_train_epochs * math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-        network, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(network, optimizer, train_dataloader, lr_scheduler)
+        network, optimizer, train_dataloader, val_dataloader, lr_scheduler = accelerator.prepare(
+            network, optimizer, train_dataloader, val_dataloader, lr_scheduler)
         unet.to(accelerator.device)
 
         # kohya's train_state.json rides along with every saved state (train_network.py L930-972)
@@ -256,6 +264,29 @@ class NetworkTrainer:
 
         net = accelerator.unwrap_model(network)
         on_step_start_for_network = getattr(net, "on_step_start", lambda *a, **k: None)
+        n_validations = [0]
+
+        def validate(mode, epoch):
+            """One validation pass as train_network.py runs it (v0.10 L1534-1606, v0.11 _run_validation_loop): the
+            network in eval mode, 4 timesteps per batch, on_validation_step_end after each, the average logged by
+            step_logging (step) or epoch_logging (epoch), the network back in train mode."""
+            accelerator.unwrap_model(network).eval()
+            losses_val = []
+            for batch in val_dataloader:
+                for _timestep in range(4):
+                    loss_v = self.process_batch(batch, text_encoders, unet, network, vae, None, weight_dtype, weight_dtype,
+                                                accelerator, args, None, tokenize_strategy, is_train=False)
+                    losses_val.append(loss_v.item())
+                    self.on_validation_step_end(args, accelerator, network, text_encoders, unet, batch, weight_dtype)
+            avg = sum(losses_val) / max(1, len(losses_val))
+            if n_validations[0] < len(scripted_val):
+                avg = scripted_val[n_validations[0]]
+            n_validations[0] += 1
+            if is_tracking:
+                train_avg = sum(losses[-len(train_dataloader):]) / max(1, len(losses[-len(train_dataloader):]))
+                logs = {f"loss/validation/{mode}_average": avg, f"loss/validation/{mode}_divergence": avg - train_avg}
+                (self.step_logging if mode == "step" else self.epoch_logging)(accelerator, logs, global_step, epoch + 1)
+            accelerator.unwrap_model(network).train()
 
         # --sample_at_first, then one empty log so wandb commits the samples
         self.sample_images(accelerator, args, 0, global_step, accelerator.device, vae, tokenizers, text_encoder, unet)
@@ -304,9 +335,14 @@ class NetworkTrainer:
                     logs = self.generate_step_logs(args, current_loss, avr_loss, lr_scheduler, lr_descriptions, optimizer)
                     self.step_logging(accelerator, logs, global_step, epoch + 1)
 
+                if accelerator.sync_gradients and n_val and args.validate_every_n_steps and global_step % args.validate_every_n_steps == 0:
+                    validate("step", epoch)
+
                 if global_step >= args.max_train_steps:
                     break
 
+            if n_val and (args.validate_every_n_epochs is None or (epoch + 1) % args.validate_every_n_epochs == 0):
+                validate("epoch", epoch)
             if is_tracking:
                 self.epoch_logging(accelerator, {"loss/epoch_average": sum(losses) / max(1, len(losses))}, global_step, epoch + 1)
             accelerator.wait_for_everyone()
@@ -369,6 +405,11 @@ def setup_parser() -> argparse.ArgumentParser:
     a("--max_data_loader_n_workers", type=int, default=8)
     a("--gradient_accumulation_steps", type=int, default=1)
     a("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"])
+    a("--validation_split", type=float, default=0.0)
+    a("--validate_every_n_steps", type=int, default=None)
+    a("--validate_every_n_epochs", type=int, default=None)
+    a("--validation_seed", type=int, default=None)
+    a("--max_validation_steps", type=int, default=None)
     a("--seed", type=int, default=None)
     a("--learning_rate", type=float, default=1e-4)
     a("--unet_lr", type=float, default=None)
