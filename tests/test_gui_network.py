@@ -232,3 +232,25 @@ def test_fix_metadata_names_the_inner_module():
     p = gn.Plan(inner="lycoris.kohya", kwargs={"algo": "locon", "dropout": None}, options=argparse.Namespace(), restored=["algo=locon"])
     meta = gn.fix_metadata({"ss_network_module": "kohya_ext.gui_network", "ss_network_args": '{"consistency_patience": "3"}'}, p)
     assert meta == {"ss_network_module": "lycoris.kohya", "ss_network_args": '{"algo": "locon", "dropout": null}'}
+
+
+def test_gui_validation_loss_monitor_from_network_args(tmp_path):
+    """The GUI exposes no validation settings: the user puts sd-scripts' in the TOML (or Additional parameters) and
+    ``consistency_monitor=val_loss`` in network_args. The run stops on the validation loss, exits 0, nothing renders."""
+    sd = _standin_with_fakelyco(tmp_path)
+    h.make_dataset(tmp_path, 8)
+    cfg = _gui_toml(tmp_path, 24, 2, "networks.lora", [],
+                    {"logging_dir": str(tmp_path / "logs"), "log_with": "tensorboard", "validation_split": 0.25,
+                     "validate_every_n_steps": 2, "validate_every_n_epochs": 100})
+    proc = _run_gui(tmp_path, sd, cfg, "--network_module kohya_ext.gui_network --network_args consistency_monitor=val_loss "
+                    "consistency_patience=2", env={"FAKE_VAL_LOSSES": "0.50,0.40,0.45,0.47,0.30"})
+    _ok(proc)
+    board = _board(tmp_path)
+    assert [(r["kohya_step"], r["val_loss"], r["is_best"]) for r in board] == [
+        (2, 0.5, False), (4, 0.4, True), (6, 0.45, False), (8, 0.47, False)]
+    assert max(_steps(h.read_trace(tmp_path / "trace.jsonl"))) == 8
+    from kohya_ext.training.best import read_metadata
+
+    best = read_metadata(tmp_path / "out" / "tiny-best.safetensors")
+    assert best["kohya_ext_consistency_step"] == "4" and best["ss_network_module"] == "networks.lora"
+    assert not list((tmp_path / "out" / "consistency").glob("eval-*"))

@@ -59,6 +59,12 @@ def test_a_validation_loss_stop_ends_the_run_and_best_holds_the_lowest_loss(tmp_
     assert [r["kohya_step"] for r in ranked.rows] == [4, 6, 8, 2]
     table = format_table(ranked).splitlines()
     assert "val loss" in table[0] and "step 4 *best" in table[1] and "0.4000" in table[1] and "failed" not in "".join(table)
+    from kohya_ext.posthoc.compare_runs import compare_runs
+    from kohya_ext.posthoc.report_html import write_report
+
+    assert compare_runs([out])[0]["best_val_loss"] == 0.4
+    page = write_report(out, tmp_path / "report.html").read_text()
+    assert "validation loss 0.4000" in page and "loss/validation/step_average" in h.read_tensorboard(tmp_path / "logs")
 
 
 def test_an_epoch_validation_counts_too(tmp_path):

@@ -13,7 +13,7 @@ from ..io_utils import atomic_write_text
 from ..training.leaderboard import FOLDER, JSON_NAME
 from .rank import RANK_DIR, RankResult, load_rank, point_label, rank_run, unwritable
 
-FIELDS = ["run", "source", "evaluations", "best", "best_score", "best_checkpoint", "last", "last_score",
+FIELDS = ["run", "source", "evaluations", "best", "best_score", "best_val_loss", "best_checkpoint", "last", "last_score",
           "last_minus_best", "images_per_point", "warnings"]
 
 
@@ -44,6 +44,7 @@ def summarize(run: Path, result: RankResult) -> dict[str, Any]:
     return {
         "run": str(run), "source": result.source, "evaluations": len(result.rows),
         "best": None if best is None else point_label(best), "best_score": bs,
+        "best_val_loss": None if best is None else best.get("val_loss"),
         "best_checkpoint": None if best is None else best.get("checkpoint"),
         "last": None if last is None else point_label(last), "last_score": ls,
         "last_minus_best": None if bs is None or ls is None else ls - bs,
@@ -64,15 +65,15 @@ def compare_runs(runs: list[str | Path], reference: str | None = None, rescore: 
 
 
 def format_comparison(rows: list[dict[str, Any]]) -> str:
-    heads = ["run", "best", "best score", "last", "last score", "last-best", "img/pt"]
+    heads = ["run", "best", "best score", "val loss", "last", "last score", "last-best", "img/pt"]
 
     def num(v: float | None, sign: bool = False) -> str:
         return "-" if v is None else (f"{v:+.4f}" if sign else f"{v:.4f}")
 
-    table = [[d["run"], d["best"] or "-", num(d["best_score"]), d["last"] or "-", num(d["last_score"]),
+    table = [[d["run"], d["best"] or "-", num(d["best_score"]), num(d.get("best_val_loss")), d["last"] or "-", num(d["last_score"]),
               num(d["last_minus_best"], True), "-" if d["images_per_point"] is None else str(d["images_per_point"])] for d in rows]
     widths = [max(len(h), *(len(t[j]) for t in table)) for j, h in enumerate(heads)]
-    lines = ["  ".join(c.ljust(w) if j in (0, 1, 3) else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths)))
+    lines = ["  ".join(c.ljust(w) if j in (0, 1, 4) else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths)))
              for cells in [heads, *table]]
     for d in rows:
         if d["warnings"]:

@@ -26,6 +26,7 @@ from ..errors import KohyaExtError, require
 from ..io_utils import atomic_write_text
 from ..ratios import RATIO_NAMES
 from ..training.leaderboard import FOLDER, Leaderboard
+from ..training.messages import measured
 from . import run_info
 from .compare_runs import ranked
 from .rank import MIN_STEADY_IMAGES, point_label, rank_key
@@ -159,7 +160,9 @@ def plot_curves(d: ReportData) -> bytes:
         ax.plot([d.x(r) for r in failed], [0.0] * len(failed), "x", color="#c00", ms=10, mew=2, label="failed")
     best = d.best
     marks = []
-    if best is not None:
+    if best is not None and best.get("score") is None:  # crowned on the validation loss (bottom panel)
+        marks.append((d.x(best), "#f0b000", f"best: {measured(best)}"))
+    elif best is not None:
         ax.plot([d.x(best)], [best["score"]], "*", color="#f0b000", mec="#805000", ms=22, zorder=5, label="best")
         right = bool(xs) and d.x(best) > (min(xs) + max(xs)) / 2  # keep the label inside the axes
         ax.annotate(f"best {best['score']:.3f} ({point_label(best)})", (d.x(best), best["score"]), xytext=(-12 if right else 12, -18),
@@ -305,12 +308,12 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
 
 
 def _table(d: ReportData) -> str:
-    heads = ["#", "checkpoint", "score", "det %", "mem %"] + [n.replace("_ratio", "").replace("_to_", "-") for n in RATIO_NAMES] + ["file"]
+    heads = ["#", "checkpoint", "score", "val loss", "det %", "mem %"] + [n.replace("_ratio", "").replace("_to_", "-") for n in RATIO_NAMES] + ["file"]
     out = ['<div class="scroll"><table><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"]
     for i, r in enumerate(sorted(d.rows, key=rank_key), start=1):
-        ok = r.get("status") == "ok" and r.get("score") is not None
+        ok = r.get("status") == "ok" and (r.get("score") is not None or r.get("val_loss") is not None)
         label = point_label(r) + (" (memorised)" if r.get("memorized") else "") + ("" if ok else " (failed)")
-        cells = [str(i), label, _fmt(r.get("score")) if ok else "failed",
+        cells = [str(i), label, _fmt(r.get("score")) if ok else "failed", _fmt(r.get("val_loss")),
                  _fmt(None if r.get("detection_rate") is None else 100 * r["detection_rate"], ".0f"),
                  _fmt(None if r.get("memorization") is None else 100 * r["memorization"], ".0f")]
         cells += [_fmt(r.get(f"{n}_diff_pct"), "+.1f") for n in RATIO_NAMES] + [str(r.get("checkpoint") or "-")]
@@ -323,7 +326,7 @@ def _table(d: ReportData) -> str:
 def render_html(d: ReportData) -> str:
     best, last = d.best, d.last
     title = f"kohya-ext report: {d.run_dir.resolve().name}"
-    cards = [("best", "-" if best is None else f"{best['score']:.4f}", "none" if best is None else
+    cards = [("best", "-" if best is None else measured(best), "none" if best is None else
               f"{point_label(best)}" + (f" · {best['checkpoint']}" if best.get("checkpoint") else "")),
              ("last", "-" if last is None or last.get("score") is None else f"{last['score']:.4f}",
               "" if last is None else point_label(last)),
