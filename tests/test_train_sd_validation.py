@@ -43,11 +43,15 @@ def _train(root: Path, tiny: dict, extra: list[str]) -> dict[str, list[tuple[int
     return h.read_tensorboard(out / "logs")
 
 
-def test_validation_loss_and_consistency_share_a_run_without_disturbing_each_other(tmp_path, tadne_tiles):
+def _needs_validation() -> None:
     if not (Path(SD) / "train_network.py").is_file():
         pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no train_network.py")
     if "--validation_split" not in (Path(SD) / "train_network.py").read_text(encoding="utf-8"):
         pytest.skip(f"KOHYA_SD_SCRIPTS={SD} predates sd-scripts' validation loss (v0.10)")
+
+
+def test_validation_loss_and_consistency_share_a_run_without_disturbing_each_other(tmp_path, tadne_tiles):
+    _needs_validation()
     tiny = real._tiny()
     from PIL import Image
 
@@ -84,10 +88,7 @@ def test_validation_loss_stops_the_run_and_best_holds_the_first_validation(tmp_p
     """``--consistency_monitor val_loss`` on real sd-scripts: no reference, nothing rendered. A min_delta no loss
     can beat makes the second validation the stop (patience 1), whatever the tiny model's losses are: the run ends
     there, ``-best`` holds the first validation's weights and the final file the stop step's."""
-    if not (Path(SD) / "train_network.py").is_file():
-        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no train_network.py")
-    if "--validation_split" not in (Path(SD) / "train_network.py").read_text(encoding="utf-8"):
-        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} predates sd-scripts' validation loss (v0.10)")
+    _needs_validation()
     from kohya_ext.training.best import META_STEP, META_VAL_LOSS, read_metadata
 
     tiny = real._tiny()
