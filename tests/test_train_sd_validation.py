@@ -111,3 +111,41 @@ def test_validation_loss_stops_the_run_and_best_holds_the_first_validation(tmp_p
     best = read_metadata(out / "tiny-best.safetensors")
     assert best[META_STEP] == str(first) and best["ss_steps"] == str(first) and META_VAL_LOSS in best
     assert not list((out / "consistency").glob("eval-*")) and "consistency reference ready" not in proc.stdout
+
+
+def test_both_signals_on_real_sd_scripts(tmp_path, tadne_tiles):
+    """``--consistency_monitor both``: every evaluation carries the last validation loss sd-scripts logged at or
+    before it (the evaluation runs before that step's validation); with a min_delta nothing can beat, the run stops
+    once both signals have spent patience 1, at an evaluation or a validation, and no step runs after it."""
+    _needs_validation()
+    from PIL import Image
+
+    from kohya_ext.training.best import META_STEP, read_metadata
+
+    tiny = real._tiny()
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    for i in range(8):
+        Image.fromarray(tadne_tiles[i]).save(ref / f"{i:02d}.png")
+    root = tmp_path / "both"
+    root.mkdir()
+    out = root / "out"
+    env = {"PYTHONPATH": str(real._overlay(root)), "OMP_NUM_THREADS": "2"}
+    ours = ["--max_train_steps", "8", "--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
+            "--consistency_reference", str(ref), "--consistency_monitor", "both", "--consistency_patience", "1",
+            "--consistency_min_delta", "100"]
+    proc = h.run_trainer(root, real._args(tiny, out) + VALIDATION + ours, env=env, sd_scripts=Path(SD), python=PY, timeout=1500)
+    print(proc.stdout[-3000:])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
+    run = json.loads((out / "consistency" / "run.json").read_text())
+    logged = {(v["kohya_step"], v["value"]) for v in run["validation"]}
+    assert board[0]["is_best"] and board[0].get("val_loss") is None  # step 2: its validation comes after it
+    for r in board[1:]:
+        assert (r["val_loss_step"], r["val_loss"]) in logged and r["val_loss_step"] <= r["kohya_step"]
+    stop = run["stopped"]["kohya_step"]
+    assert "neither consistency/score" in run["stopped"]["message"] and stop < 8
+    assert proc.stdout.count("early stop at step") == 1  # validations after the stop (same step) are not counted
+    tb = h.read_tensorboard(out / "logs")
+    assert max(s for s, _ in tb["loss/current"]) == stop
+    assert read_metadata(out / "tiny-best.safetensors")[META_STEP] == str(board[0]["cum_step"])

@@ -211,8 +211,9 @@ class TrainingRun:
             self.validation_ended()
 
     def validation_ended(self) -> None:
-        """Every rank, after each validation: the main process decides on the validation loss, every rank hears it."""
-        if not self.opts.watches_val_loss:
+        """Every rank, after each validation: the main process decides on the validation loss, every rank hears it.
+        After a stop (known alike on every rank) the validations sd-scripts still runs before leaving are not counted."""
+        if not self.opts.watches_val_loss or self.stop_message is not None:
             return
         decision = None
         if self.is_main:
