@@ -8,7 +8,7 @@ same batches to the same losses (every training and validation loss in TensorBoa
 kohya-ext must evaluate at the same steps as it does without a validation set.
 
 Needs KOHYA_SD_SCRIPTS and KOHYA_SD_PYTHON (else skipped, saying which); run by
-scripts/test_sd_checkout.sh. About 4 minutes on 2 CPU cores.
+scripts/test_sd_checkout.sh. About 6 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -149,3 +149,30 @@ def test_both_signals_on_real_sd_scripts(tmp_path, tadne_tiles):
     tb = h.read_tensorboard(out / "logs")
     assert max(s for s, _ in tb["loss/current"]) == stop
     assert read_metadata(out / "tiny-best.safetensors")[META_STEP] == str(board[0]["cum_step"])
+
+
+def test_resume_keeps_the_validation_loss_patience_on_real_sd_scripts(tmp_path):
+    """Leg 1 (4 steps, states saved) spends the validation-loss patience (3, min_delta nothing can beat) at its
+    last step; leg 2 ``--resume``s from the step-4 state: a carried-over count stops at leg 2's first validation,
+    a fresh one would need three more."""
+    _needs_validation()
+    tiny = real._tiny()
+    root = tmp_path / "resume"
+    root.mkdir()
+    out = root / "out"
+    env = {"PYTHONPATH": str(real._overlay(root)), "OMP_NUM_THREADS": "2"}
+    ours = ["--save_state", "--consistency", "--consistency_monitor", "val_loss", "--consistency_patience", "3",
+            "--consistency_min_delta", "100"]
+    leg1 = h.run_trainer(root, real._args(tiny, out) + VALIDATION + ours, env=env, sd_scripts=Path(SD), python=PY, timeout=1500)
+    assert leg1.returncode == 0, leg1.stdout[-4000:] + leg1.stderr[-6000:]
+    n1 = len(json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"])
+    state = out / "tiny-step00000004-state"
+    assert (state / "kohya_ext_consistency.json").is_file()
+    leg2 = h.run_trainer(root, real._args(tiny, out) + VALIDATION + ours + ["--max_train_steps", "8", "--resume", str(state)],
+                         env=env, sd_scripts=Path(SD), python=PY, timeout=1500)
+    print(leg2.stdout[-3000:])
+    assert leg2.returncode == 0, leg2.stdout[-4000:] + leg2.stderr[-6000:]
+    board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
+    new = [r for r in board if (r.get("segment") or 0) == 1]
+    assert len(new) == 1 and new[0]["es_wait"] >= 3 and new[0]["stop_reason"] == "patience_exhausted", board
+    assert new[0]["cum_step"] > 4 and len(board) == n1 + 1 and "resumed from" in leg2.stdout
