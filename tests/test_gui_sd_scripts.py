@@ -38,7 +38,7 @@ pytestmark = real.pytestmark
 
 
 def _settings(argv: list[str]) -> dict:
-    """The tiny run's arguments as the LoRA tab's settings (typed as the GUI types them)."""
+    """The tiny run's arguments as the LoRA tab's settings (typed as the GUI types them; a flag is ``true``)."""
     def typed(key: str, v: str):
         for t in (int, float):
             try:
@@ -47,15 +47,23 @@ def _settings(argv: list[str]) -> dict:
                 pass
         return v
 
-    data = {argv[i][2:]: typed(argv[i][2:], argv[i + 1]) for i in range(0, len(argv), 2)}
+    data, i = {}, 0
+    while i < len(argv):
+        key = argv[i][2:]
+        if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            data[key], i = typed(key, argv[i + 1]), i + 2
+        else:
+            data[key], i = True, i + 1
     data.pop("output_dir")
     data.pop("sample_prompts")  # the GUI writes its own, from the sample-prompts box
     return data
 
 
-def _gui_run(tmp_path: Path, tadne_tiles, additional: str) -> tuple[subprocess.CompletedProcess, Path, dict]:
-    """The GUI's command (tests/gui_command.py) on the real checkout, accelerate launch included."""
-    tiny = real._tiny()
+def _gui_run(tmp_path: Path, tadne_tiles, additional: str, tiny: dict | None = None, argv: list[str] | None = None,
+             mixed_precision: str = "no") -> tuple[subprocess.CompletedProcess, Path, dict]:
+    """The GUI's command (tests/gui_command.py) on the real checkout, accelerate launch included
+    (default: the tiny SD1.x model and its arguments)."""
+    tiny = tiny or real._tiny()
     run = tmp_path / "run"
     run.mkdir()
     out = run / "out"
@@ -68,16 +76,16 @@ def _gui_run(tmp_path: Path, tadne_tiles, additional: str) -> tuple[subprocess.C
     options = tmp_path / "kohya ext" / "mio.toml"
     options.parent.mkdir()
     options.write_text(f'consistency_reference = "{ref.as_posix()}"\nconsistency_backend = "nvxs"\nconsistency_num_prompts = 2\n')
-    argv = real._args(tiny, out)
+    argv = argv(out) if argv else real._args(tiny, out)
     assert argv[argv.index("--network_module") + 1] == "networks.lora"
     cfg = gc.write_gui_toml(out, _settings(argv), "", sample_prompts=Path(tiny["prompts_file"]).read_text())
     accelerate = str(Path(PY).parent / "accelerate")
-    cmd = gc.gui_command(accelerate, Path(SD), "train_network.py", cfg,
-                         additional.replace("{options}", options.as_posix().replace(" ", "%20")))
+    cmd = gc.gui_command(accelerate, Path(SD), tiny.get("script", "train_network.py"), cfg,
+                         additional.replace("{options}", options.as_posix().replace(" ", "%20")), mixed_precision=mixed_precision)
     env = gc.gui_env(tmp_path, Path(SD))
     env["PYTHONPATH"] = os.pathsep.join([str(real._overlay(tmp_path)), env["PYTHONPATH"]])
-    env.update({"OMP_NUM_THREADS": "2", "KOHYA_EXT_TRACE": str(run / "trace.jsonl"), "PYTHONUNBUFFERED": "1"})
-    proc = subprocess.run(cmd, cwd=run, env=env, capture_output=True, text=True, timeout=1500)
+    env.update({"OMP_NUM_THREADS": "2", "KOHYA_EXT_TRACE": str(run / "trace.jsonl"), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(cmd, cwd=run, env=env, capture_output=True, text=True, timeout=5400)
     print(proc.stdout[-4000:])
     return proc, out, tiny
 
@@ -134,3 +142,32 @@ def test_real_gui_value_cut_at_a_space_is_one_kohya_ext_line(tmp_path, tadne_til
     assert len(err) == 1 and "'Characters/mio' is not key=value" in err[0] and "%20" in err[0], proc.stderr[-4000:]
     assert "not enough values to unpack" not in proc.stderr
     assert not list(out.glob("*.safetensors"))
+
+
+def test_real_sdxl_from_the_gui_command(tmp_path, tadne_tiles):
+    """SDXL selected in the GUI: sdxl_train_network.py under ``accelerate launch --mixed_precision bf16``, the SDXL
+    options (cached text-encoder outputs, U-Net only, full bf16) as TOML booleans, kohya_ext.gui_network and a
+    patience of 1 in Additional parameters, on the random full-size SDXL U-Net (tests/test_train_sd_families.py):
+    evaluations at the saves, ``-best`` with the crowned step, the early stop before the last step."""
+    fam = _load("real_sd_families", REPO / "tests" / "test_train_sd_families.py")
+    if not (Path(SD) / "sdxl_train_network.py").is_file():
+        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no sdxl_train_network.py")
+    tiny = fam._model("sdxl")
+    additional = ("--network_module kohya_ext.gui_network --network_args consistency_config={options} "
+                  "consistency_patience=1 consistency_warmup=1")
+    proc, out, _ = _gui_run(tmp_path, tadne_tiles, additional, tiny=tiny, argv=lambda o: fam._args(tiny["root"], o, 6),
+                            mixed_precision="bf16")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    assert "delegating without evaluation" not in proc.stdout
+    board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
+    assert [(r["kohya_step"], r["checkpoint"]) for r in board] == [
+        (2, "tiny-step00000002.safetensors"), (4, "tiny-step00000004.safetensors")], board
+    assert all(r["status"] == "ok" for r in board) and board[-1]["stop_reason"] == "patience_exhausted", board
+    assert not (out / "tiny-step00000006.safetensors").exists()  # stopped at step 4 of 6
+    from kohya_ext.training.best import read_metadata
+
+    best = next(r for r in board if r["is_best"])
+    assert read_metadata(out / "tiny-best.safetensors")["kohya_ext_consistency_step"] == str(best["kohya_step"])
+    assert read_metadata(out / "tiny.safetensors")["ss_base_model_version"].startswith("sdxl")
+    tb = h.read_tensorboard(out / "logs")
+    assert sorted(s for s, _ in tb["consistency/score"]) == [2, 4]

@@ -103,6 +103,11 @@ def test_both_signals_stop_only_when_neither_improves_and_crown_by_consistency(t
     assert "early stop at step 12: neither" in proc.stdout
     assert max(_steps(tmp_path)) == 12
     assert read_metadata(out / "tiny-best.safetensors")[META_STEP] == "4"
+    # no evaluation row carries that stop: the HTML report reads it from run.json
+    from kohya_ext.posthoc.report_html import collect
+
+    stop = collect(out, logging_dir=tmp_path / "logs").stop
+    assert stop is not None and stop["row"]["kohya_step"] == 12 and "neither consistency/score" in stop["message"]
 
 
 def test_flags_checked_before_anything_is_spent(tmp_path):

@@ -91,8 +91,12 @@ def collect(run_dir: str | Path, logging_dir: str | Path | None = None, referenc
         raise KohyaExtError(f"{run_dir}: no evaluations to report")
     data.rows.sort(key=lambda r: r.get("eval") or 0)
     stopped = next((r for r in data.rows if r.get("stop")), None)
+    record = {} if stopped is not None else run_info.load_run_record(run_dir).get("stopped") or {}
     if stopped is not None:
         data.stop = {"row": stopped, "reason": stopped.get("stop_reason"), "message": stopped.get("message")}
+    elif isinstance(record, dict) and record.get("cum_step") is not None:  # stopped at a validation (monitor both)
+        row = {"cum_step": record["cum_step"], "kohya_step": record.get("kohya_step"), "eval": len(data.rows) + 1}
+        data.stop = {"row": row, "reason": record.get("reason"), "message": record.get("message")}
     times = [float(r["time"]) for r in data.rows if r.get("time")]
     started = datetime.fromtimestamp(min(times)) if times else None
     data.tb_dir = run_info.find_tensorboard_dir(run_dir, logging_dir, started)
