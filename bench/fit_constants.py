@@ -49,8 +49,6 @@ GRID = {"geometry": (0.125, 0.25, 0.5), "eyes": (1.0, 1.5, 2.0), "hair_hist": (3
 QUICK_GRID = {"geometry": (0.125, 0.25), "eyes": (1.0,), "hair_hist": (2.0, 3.0)}
 #: grid points within this of the best tune AUC count as tied; the tie goes to the most geometry
 AUC_TIE = 0.003
-#: the copies each hash is meant for ("new_bg" with a busy reference background is left to the face hash)
-DRAWN_COPIES = ("exact", "jpeg_q70", "rescale_0.75", "crop_6", "pad_6", "mirror", "new_bg")
 
 
 def ratio_snr(data: rx.Loaded, backend: str) -> dict[str, float]:

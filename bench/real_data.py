@@ -40,10 +40,6 @@ FACE_SHARE = 0.6
 PRESENTATIONS = ("tight", "white", "busy", "busy_blur")
 #: Edited copies of a reference drawing (the copy gate must catch them). "exact" needs no detection.
 COPY_EDITS = ("exact", "jpeg_q70", "rescale_0.75", "crop_6", "pad_6", "mirror", "new_bg")
-COPY_GROUPS = {
-    "exact/JPEG/rescale": ("exact", "jpeg_q70", "rescale_0.75"),
-    "crop/pad/mirror/new background": ("crop_6", "pad_6", "mirror", "new_bg"),
-}
 #: Plain background colours used for "copy moved onto a different plain background".
 NEW_BG_COLORS = ((236, 240, 246), (246, 238, 228), (228, 242, 232), (240, 232, 244))
 #: Detection padding for tight crops ("pad" mode): this share of the long side on every side, edges replicated.

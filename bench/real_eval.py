@@ -148,14 +148,5 @@ class Bench:
         return {"new drawings, same character": float(np.mean(same)), "new drawings, other characters": float(np.mean(other))}
 
 
-def gate_summary(r: dict[str, float]) -> dict[str, float]:
-    """The issue's targets: false alarms (same, other), copies caught per group (mean over the group's edits)."""
-    out = {"false alarms, same character": r["new drawings, same character"], "false alarms, other characters": r["new drawings, other characters"]}
-    for g, edits in rd.COPY_GROUPS.items():
-        out[f"caught: {g}"] = float(np.mean([r[f"copies: {e}"] for e in edits]))
-        out[f"caught (worst): {g}"] = float(min(r[f"copies: {e}"] for e in edits))
-    return out
-
-
 def fmt(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

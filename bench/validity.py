@@ -179,8 +179,6 @@ def warp(im: np.ndarray, points: np.ndarray, kind: str, f: float) -> np.ndarray:
 
 
 WARPS = {f"{k}_{s:+d}%": (k, s / 100) for k in ("eyes", "chin", "mouth") for s in (-10, -5, 5, 10)}
-#: Which ratio each warp is meant to move, and its geometric change (%), for the "which ratios move" table.
-WARP_TARGET = {"eyes": "interocular_ratio", "chin": "chin_length_ratio", "mouth": "mouth_width_ratio"}
 
 
 # --- recolouring ---------------------------------------------------------------------------------
