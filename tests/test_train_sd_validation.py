@@ -32,15 +32,32 @@ pytestmark = real.pytestmark
 VALIDATION = ["--validation_split", "0.5", "--validate_every_n_steps", "2", "--validation_seed", "7"]
 
 
-def _train(root: Path, tiny: dict, extra: list[str]) -> dict[str, list[tuple[int, float]]]:
-    root.mkdir()
-    out = root / "out"
+def _run(root: Path, tiny: dict, extra: list[str]):
+    """``python -m kohya_ext train_network.py`` on the tiny model with a validation split, output in ``root/out``
+    (``root`` may hold an earlier leg's output: ``--resume``). Asserts exit 0; returns the process."""
+    root.mkdir(exist_ok=True)
     env = {"PYTHONPATH": str(real._overlay(root)), "OMP_NUM_THREADS": "2"}
-    proc = h.run_trainer(root, real._args(tiny, out) + VALIDATION + extra, env=env, sd_scripts=Path(SD), python=PY,
+    proc = h.run_trainer(root, real._args(tiny, root / "out") + VALIDATION + extra, env=env, sd_scripts=Path(SD), python=PY,
                          timeout=1500)
     print(proc.stdout[-3000:])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
-    return h.read_tensorboard(out / "logs")
+    return proc
+
+
+def _train(root: Path, tiny: dict, extra: list[str]) -> dict[str, list[tuple[int, float]]]:
+    _run(root, tiny, extra)
+    return h.read_tensorboard(root / "out" / "logs")
+
+
+def _reference(tmp_path: Path, tadne_tiles) -> Path:
+    """8 full-size portraits (the 64 px renders hold no face)."""
+    from PIL import Image
+
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    for i in range(8):
+        Image.fromarray(tadne_tiles[i]).save(ref / f"{i:02d}.png")
+    return ref
 
 
 def _needs_validation() -> None:
@@ -53,12 +70,7 @@ def _needs_validation() -> None:
 def test_validation_loss_and_consistency_share_a_run_without_disturbing_each_other(tmp_path, tadne_tiles):
     _needs_validation()
     tiny = real._tiny()
-    from PIL import Image
-
-    ref = tmp_path / "reference"
-    ref.mkdir()
-    for i in range(8):
-        Image.fromarray(tadne_tiles[i]).save(ref / f"{i:02d}.png")
+    ref = _reference(tmp_path, tadne_tiles)
     ours = ["--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
             "--consistency_reference", str(ref)]
 
@@ -92,15 +104,9 @@ def test_validation_loss_stops_the_run_and_best_holds_the_first_validation(tmp_p
     from kohya_ext.training.best import META_STEP, META_VAL_LOSS, read_metadata
 
     tiny = real._tiny()
-    root = tmp_path / "val"
-    root.mkdir()
-    out = root / "out"
-    env = {"PYTHONPATH": str(real._overlay(root)), "OMP_NUM_THREADS": "2"}
-    ours = ["--max_train_steps", "8", "--consistency", "--consistency_monitor", "val_loss", "--consistency_patience", "1",
-            "--consistency_min_delta", "100"]
-    proc = h.run_trainer(root, real._args(tiny, out) + VALIDATION + ours, env=env, sd_scripts=Path(SD), python=PY, timeout=1500)
-    print(proc.stdout[-3000:])
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    out = tmp_path / "val" / "out"
+    proc = _run(out.parent, tiny, ["--max_train_steps", "8", "--consistency", "--consistency_monitor", "val_loss",
+                                   "--consistency_patience", "1", "--consistency_min_delta", "100"])
     board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
     assert len(board) == 2 and board[0]["is_best"] and board[1]["stop_reason"] == "patience_exhausted", board
     first, stop = board[0]["kohya_step"], board[1]["kohya_step"]
@@ -118,25 +124,14 @@ def test_both_signals_on_real_sd_scripts(tmp_path, tadne_tiles):
     before it (the evaluation runs before that step's validation); with a min_delta nothing can beat, the run stops
     once both signals have spent patience 1, at an evaluation or a validation, and no step runs after it."""
     _needs_validation()
-    from PIL import Image
-
     from kohya_ext.training.best import META_STEP, read_metadata
 
     tiny = real._tiny()
-    ref = tmp_path / "reference"
-    ref.mkdir()
-    for i in range(8):
-        Image.fromarray(tadne_tiles[i]).save(ref / f"{i:02d}.png")
-    root = tmp_path / "both"
-    root.mkdir()
-    out = root / "out"
-    env = {"PYTHONPATH": str(real._overlay(root)), "OMP_NUM_THREADS": "2"}
-    ours = ["--max_train_steps", "8", "--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
-            "--consistency_reference", str(ref), "--consistency_monitor", "both", "--consistency_patience", "1",
-            "--consistency_min_delta", "100"]
-    proc = h.run_trainer(root, real._args(tiny, out) + VALIDATION + ours, env=env, sd_scripts=Path(SD), python=PY, timeout=1500)
-    print(proc.stdout[-3000:])
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    ref = _reference(tmp_path, tadne_tiles)
+    out = tmp_path / "both" / "out"
+    proc = _run(out.parent, tiny, ["--max_train_steps", "8", "--consistency", "--consistency_backend", "nvxs",
+                                   "--consistency_prompts", tiny["prompts_file"], "--consistency_reference", str(ref),
+                                   "--consistency_monitor", "both", "--consistency_patience", "1", "--consistency_min_delta", "100"])
     board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
     run = json.loads((out / "consistency" / "run.json").read_text())
     logged = {(v["kohya_step"], v["value"]) for v in run["validation"]}
@@ -157,21 +152,14 @@ def test_resume_keeps_the_validation_loss_patience_on_real_sd_scripts(tmp_path):
     a fresh one would need three more."""
     _needs_validation()
     tiny = real._tiny()
-    root = tmp_path / "resume"
-    root.mkdir()
-    out = root / "out"
-    env = {"PYTHONPATH": str(real._overlay(root)), "OMP_NUM_THREADS": "2"}
+    out = tmp_path / "resume" / "out"
     ours = ["--save_state", "--consistency", "--consistency_monitor", "val_loss", "--consistency_patience", "3",
             "--consistency_min_delta", "100"]
-    leg1 = h.run_trainer(root, real._args(tiny, out) + VALIDATION + ours, env=env, sd_scripts=Path(SD), python=PY, timeout=1500)
-    assert leg1.returncode == 0, leg1.stdout[-4000:] + leg1.stderr[-6000:]
+    _run(out.parent, tiny, ours)
     n1 = len(json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"])
     state = out / "tiny-step00000004-state"
     assert (state / "kohya_ext_consistency.json").is_file()
-    leg2 = h.run_trainer(root, real._args(tiny, out) + VALIDATION + ours + ["--max_train_steps", "8", "--resume", str(state)],
-                         env=env, sd_scripts=Path(SD), python=PY, timeout=1500)
-    print(leg2.stdout[-3000:])
-    assert leg2.returncode == 0, leg2.stdout[-4000:] + leg2.stderr[-6000:]
+    leg2 = _run(out.parent, tiny, ours + ["--max_train_steps", "8", "--resume", str(state)])
     board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
     new = [r for r in board if (r.get("segment") or 0) == 1]
     assert len(new) == 1 and new[0]["es_wait"] >= 3 and new[0]["stop_reason"] == "patience_exhausted", board
