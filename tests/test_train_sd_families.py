@@ -57,27 +57,35 @@ def _args(root: str, out: Path, steps: int) -> list[str]:
     return subprocess.run([PY, "-c", code], check=True, capture_output=True, text=True).stdout.splitlines()
 
 
+def _train(tmp_path: Path, tiny: dict, tadne_tiles, steps: int, extra: list[str]):
+    """``python -m kohya_ext <family script>`` with the family's usual options and kohya-ext on (nvxs, a reference of
+    8 full-size portraits: 64 px renders hold no face), output in ``tmp_path/out``. Asserts exit 0."""
+    from PIL import Image
+
+    ref = tmp_path / "reference"
+    if not ref.is_dir():
+        ref.mkdir()
+        for i in range(8):
+            Image.fromarray(tadne_tiles[i]).save(ref / f"{i:02d}.png")
+    ours = ["--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
+            "--consistency_reference", str(ref)]
+    # HF_HUB_OFFLINE: every tokenizer and model is local; a missing one must fail at once, not wait on the network
+    env = {"PYTHONPATH": str(h.working_tree_overlay(tmp_path, PY)), "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+    proc = h.run_trainer(tmp_path, _args(tiny["root"], tmp_path / "out", steps) + ours + extra, env=env, script=tiny["script"],
+                         sd_scripts=Path(SD), python=PY, timeout=5400)
+    print(proc.stdout[-4000:])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    return proc
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_family_trains_evaluates_keeps_best_and_stops_early(variant, tmp_path, tadne_tiles):
     family = variant.split("-")[0]
     tiny = _model(family)
     if not (Path(SD) / tiny["script"]).is_file():
         pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no {tiny['script']}")
-    from PIL import Image
-
-    ref = tmp_path / "reference"  # 64 px renders hold no face; the reference is 8 full-size portraits
-    ref.mkdir()
-    for i in range(8):
-        Image.fromarray(tadne_tiles[i]).save(ref / f"{i:02d}.png")
     out = tmp_path / "out"
-    ours = ["--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
-            "--consistency_reference", str(ref), "--consistency_patience", "1", "--consistency_warmup", "1"]
-    # HF_HUB_OFFLINE: every tokenizer and model is local; a missing one must fail at once, not wait on the network
-    env = {"PYTHONPATH": str(h.working_tree_overlay(tmp_path, PY)), "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
-    proc = h.run_trainer(tmp_path, _args(tiny["root"], out, 6) + VARIANTS[variant] + ours, env=env, script=tiny["script"],
-                         sd_scripts=Path(SD), python=PY, timeout=5400)
-    print(proc.stdout[-4000:])
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    proc = _train(tmp_path, tiny, tadne_tiles, 6, VARIANTS[variant] + ["--consistency_patience", "1", "--consistency_warmup", "1"])
     board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
     assert [(r["kohya_step"], r["trigger"], r["checkpoint"]) for r in board] == [
         (2, "step_save", "tiny-step00000002.safetensors"), (4, "step_save", "tiny-step00000004.safetensors")], board
@@ -92,3 +100,29 @@ def test_family_trains_evaluates_keeps_best_and_stops_early(variant, tmp_path, t
     best = next(r for r in board if r["is_best"])
     meta = read_metadata(out / "tiny-best.safetensors")
     assert meta["kohya_ext_consistency_step"] == str(best["kohya_step"]) == meta["ss_steps"]
+
+
+def test_sdxl_resume_continues_the_history(tmp_path, tadne_tiles):
+    """SDXL with ``--save_state``: leg 1 trains 4 steps (evaluations at 2 and 4); leg 2 ``--resume``s the step-4
+    state (``--max_train_steps 8``: one more epoch of 4 steps). kohya-ext's state rides in sd-scripts' state
+    folder, so the history goes on at cumulative steps 6 and 8 although sd-scripts counts its steps afresh; the
+    checkpoints leg 2 writes again under leg 1's names are flagged, and ``-best`` keeps the crowned weights."""
+    from kohya_ext.training.best import read_metadata
+
+    tiny = _model("sdxl")
+    if not (Path(SD) / tiny["script"]).is_file():
+        pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no {tiny['script']}")
+    out = tmp_path / "out"
+    _train(tmp_path, tiny, tadne_tiles, 4, ["--save_state"])
+    state = out / "tiny-step00000004-state"
+    assert (state / "kohya_ext_consistency.json").is_file()
+    # sd-scripts needs max_train_steps above the state's step; it skips leg 1's epoch and counts from 0 again
+    proc = _train(tmp_path, tiny, tadne_tiles, 8, ["--save_state", "--resume", str(state)])
+    assert "resumed from" in proc.stdout and "cumulative step 4" in proc.stdout
+    board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
+    assert [(r["cum_step"], r["segment"]) for r in board] == [(2, 0), (4, 0), (6, 1), (8, 1)], board
+    assert all(r["status"] == "ok" for r in board), board
+    assert [r["kohya_step"] for r in board[2:]] == [2, 4]  # sd-scripts restarted its count: leg 1's files written again
+    assert all(r.get("checkpoint_overwritten") for r in board[:2]) and not any(r.get("checkpoint_overwritten") for r in board[2:])
+    best = next(r for r in board if r["is_best"])
+    assert read_metadata(out / "tiny-best.safetensors")["kohya_ext_consistency_step"] == str(best["kohya_step"])
