@@ -66,7 +66,7 @@ class TinySD:
     resolution: int
     n_images: int
     tokenizer_source: str  # "clip-bpe" (real CLIP vocab), "byte-level" (no BPE file found), or Anima's (sd-scripts' own)
-    family: str = "sd15"  # sd15 | sdxl | anima | flux
+    family: str = "sd15"  # sd15 | sdxl | anima | flux | sd3 | lumina
     script: str = "train_network.py"  # the sd-scripts script that trains this family
     # option name (no "--") -> path, for the families whose script loads several files (--qwen3, --vae,
     # --clip_l, --t5xxl, --ae); model_dir is then the DiT file (--pretrained_model_name_or_path)
@@ -135,6 +135,19 @@ FAMILY_ARGS: dict[str, list[str]] = {
              "--network_train_unet_only", "--t5xxl_max_token_length", "64", "--mixed_precision", "bf16", "--fp8_base",
              "--gradient_checkpointing", "--save_precision", "bf16", "--guidance_scale", "1.0",
              "--timestep_sampling", "flux_shift", "--model_prediction_type", "raw"],
+    # docs/sd3_train_network.md's recipe (networks.lora_sd3, uniform weighting, checkpointing) with cached latents and
+    # text-encoder outputs, MMDiT only, bf16 (fp16 in the doc: slow on a CPU). T5 tokens 64 instead of 256, as for FLUX.
+    "sd3": ["--network_module", "networks.lora_sd3", "--cache_latents", "--cache_text_encoder_outputs",
+            "--network_train_unet_only", "--t5xxl_max_token_length", "64", "--mixed_precision", "bf16",
+            "--gradient_checkpointing", "--save_precision", "bf16", "--weighting_scheme", "uniform"],
+    # docs/lumina_train_network.md's recipe (networks.lora_lumina, nextdit_shift timesteps with shift 6, raw prediction,
+    # its system prompt, bf16, checkpointing, cached latents and text-encoder outputs), DiT only; Gemma2 tokens 64
+    # instead of 256 (the system prompt takes ~20 of them).
+    "lumina": ["--network_module", "networks.lora_lumina", "--cache_latents", "--cache_text_encoder_outputs",
+               "--network_train_unet_only", "--gemma2_max_token_length", "64", "--mixed_precision", "bf16",
+               "--gradient_checkpointing", "--save_precision", "bf16", "--timestep_sampling", "nextdit_shift",
+               "--discrete_flow_shift", "6.0", "--model_prediction_type", "raw",
+               "--system_prompt", "You are an assistant designed to generate high-quality images based on user prompts."],
 }
 
 
@@ -537,6 +550,24 @@ def _t5_tensors(config, layout: dict):
         yield name, block_sd[name.split(".", 3)[3]]
 
 
+def _save_t5_tokenizer(sd: Path, tokenizers: Path) -> None:
+    """The checkout's configs/t5_old T5 tokenizer where FLUX.1 and SD3 look it up in --tokenizer_cache_dir."""
+    from transformers import T5TokenizerFast
+
+    t5_tok_dir = sd / "configs" / "t5_old"
+    T5TokenizerFast(vocab_file=str(t5_tok_dir / "spiece.model"), tokenizer_file=str(t5_tok_dir / "tokenizer.json")).save_pretrained(
+        str(tokenizers / T5_TOKENIZER_DIR_NAME))
+
+
+def _save_t5xxl(path: Path, t5_empty) -> None:
+    """A complete random T5-XXL encoder (bf16, 9.5 GB) in the layout of `t5_empty` (sd-scripts' loader's empty model),
+    streamed to disk: the loaders fill it without strict checking, so a missing layer would stay on the meta device."""
+    import torch
+
+    layout = {k: (tuple(v.shape), torch.bfloat16) for k, v in t5_empty.state_dict().items()}
+    save_safetensors_streaming(path, layout, _t5_tensors(t5_empty.config, layout))
+
+
 def build_tiny_flux(
     out_dir: str | os.PathLike,
     n_images: int = 4,
@@ -563,16 +594,14 @@ def build_tiny_flux(
 
     sd = _sd_scripts(sd_scripts)
     from library import flux_models, flux_utils
-    from transformers import CLIPTextModel, T5TokenizerFast
+    from transformers import CLIPTextModel
 
     root = Path(out_dir).resolve()
     model_dir = root / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     _, tok_source = build_tokenizer(root / "tokenizers" / TOKENIZER_DIR_NAME, bpe_path)
-    t5_tok_dir = sd / "configs" / "t5_old"
-    T5TokenizerFast(vocab_file=str(t5_tok_dir / "spiece.model"), tokenizer_file=str(t5_tok_dir / "tokenizer.json")).save_pretrained(
-        str(root / "tokenizers" / T5_TOKENIZER_DIR_NAME))
+    _save_t5_tokenizer(sd, root / "tokenizers")
 
     paths = {name: model_dir / f"{name}.safetensors" for name in ("flux_dit", "clip_l", "t5xxl", "ae")}
     default_dtype = torch.get_default_dtype()
@@ -594,14 +623,157 @@ def build_tiny_flux(
         clip = CLIPTextModel(clip_empty.config)
         _save_module(paths["clip_l"], clip.state_dict())
         del clip
-        layout = {k: (tuple(v.shape), torch.bfloat16) for k, v in t5_empty.state_dict().items()}
-        save_safetensors_streaming(paths["t5xxl"], layout, _t5_tensors(t5_empty.config, layout))
+        _save_t5xxl(paths["t5xxl"], t5_empty)
     finally:
         torch.set_default_dtype(default_dtype)
     ae = flux_models.AutoEncoder(flux_models.configs[flux_utils.MODEL_NAME_DEV].ae_params)
     _save_module(paths["ae"], ae.state_dict())
     return _write_dataset(root, paths["flux_dit"], n_images, resolution, tok_source, family="flux", script="flux_train_network.py",
                           models={"clip_l": str(paths["clip_l"]), "t5xxl": str(paths["t5xxl"]), "ae": str(paths["ae"])})
+
+
+def build_tiny_sd3(
+    out_dir: str | os.PathLike,
+    n_images: int = 4,
+    resolution: int = 64,
+    bpe_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    sd_scripts: str | os.PathLike | None = None,
+) -> TinySD:
+    """A randomly initialised SD3.5 set-up for sd-scripts' sd3_train_network.py.
+
+    sd-scripts reads the MMDiT's depth from the file (`x_embedder` rows / 64, which also sets the
+    width and head count), so the MMDiT is SD3.5 Large's layout (RMS q/k norm, no x-block
+    self-attention, 192 px position grid, 2048-wide pooled and 4096-wide context inputs) at depth 2:
+    12 M parameters. It shares one bf16 file with the VAE (`first_stage_model.`), as the released
+    single files do. CLIP-L, CLIP-G (32 layers, 1280 wide) and T5-XXL have fixed configs in the
+    loaders and are complete, random, bf16, in their own files (--clip_l/--clip_g/--t5xxl), T5
+    streamed to disk. Tokenizers in --tokenizer_cache_dir: the CLIP one under the names of CLIP-L
+    and CLIP-G, T5 from the checkout's configs/t5_old. `sd_scripts`: the checkout (default
+    $KOHYA_SD_SCRIPTS).
+    """
+    import torch
+
+    sd = _sd_scripts(sd_scripts)
+    from library import sd3_models, sd3_utils
+    from transformers import CLIPTextModelWithProjection
+
+    root = Path(out_dir).resolve()
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    _, tok_source = build_tokenizer(root / "tokenizers" / TOKENIZER_DIR_NAME, bpe_path)
+    build_tokenizer(root / "tokenizers" / SDXL_TOKENIZER2_DIR_NAME, bpe_path)  # CLIP-G's id, the same vocabulary
+    _save_t5_tokenizer(sd, root / "tokenizers")
+
+    paths = {name: model_dir / f"{name}.safetensors" for name in ("sd3", "clip_l", "clip_g", "t5xxl")}
+    depth = 2
+    params = sd3_models.SD3Params(patch_size=2, depth=depth, num_patches=192 * 192, pos_embed_max_size=192, adm_in_channels=2048,
+                                  qk_norm="rms", x_block_self_attn_layers=[], context_embedder_in_features=4096,
+                                  context_embedder_out_features=64 * depth, model_type="5-large")
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        mmdit = sd3_models.create_sd3_mmdit(params)
+        named = {f"model.diffusion_model.{k}": v for k, v in mmdit.state_dict().items()}
+        named.update({f"first_stage_model.{k}": v.to(torch.bfloat16) for k, v in sd3_models.SDVAE().state_dict().items()})
+        _save_module(paths["sd3"], named)
+        del mmdit, named
+        # Given a checkpoint that holds a text encoder, the CLIP loaders build their fixed config and fill it with what
+        # the checkpoint has: one tensor is enough to get the (otherwise empty) model and so its config.
+        quiet = [logging.getLogger(n) for n in (sd3_utils.__name__, sd3_utils.flux_utils_load_t5xxl.__module__)]
+        levels = [q.level for q in quiet]
+        for q in quiet:
+            q.setLevel(logging.WARNING)
+        try:
+            for name, width, load in (("clip_l", 768, sd3_utils.load_clip_l), ("clip_g", 1280, sd3_utils.load_clip_g)):
+                key = f"text_encoders.{name}.transformer.text_model.embeddings.position_embedding.weight"
+                empty = load(None, torch.bfloat16, "cpu", state_dict={key: torch.zeros(77, width)})
+                clip = CLIPTextModelWithProjection(empty.config)
+                _save_module(paths[name], clip.state_dict())
+                del clip, empty
+            t5_empty = sd3_utils.flux_utils_load_t5xxl(None, torch.bfloat16, "cpu", state_dict={})
+        finally:
+            for q, level in zip(quiet, levels):
+                q.setLevel(level)
+        _save_t5xxl(paths["t5xxl"], t5_empty)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    return _write_dataset(root, paths["sd3"], n_images, resolution, tok_source, family="sd3", script="sd3_train_network.py",
+                          models={name: str(paths[name]) for name in ("clip_l", "clip_g", "t5xxl")})
+
+
+#: what stands in for the gated google/gemma-2-2b tokenizer in the offline HF cache (any fixed 40-hex revision)
+GEMMA_SUBSTITUTE_REVISION = "6b6f6879612d6578742d67656d6d612d73756273"
+
+
+def _save_gemma_substitute_tokenizer(sd: Path, cache_dir: Path) -> None:
+    """A GemmaTokenizerFast under google/gemma-2-2b in the Hugging Face cache layout of `cache_dir`.
+
+    sd-scripts' Lumina loads its tokenizer by that (gated) Hub id with --tokenizer_cache_dir as the cache,
+    and no Gemma vocabulary can be had offline. This one is Gemma's class and special-token scheme
+    (<pad> 0, </s> as eos 1, a <bos> prefix, right padding) over the checkout's T5 vocabulary: every id
+    is below Gemma2's 256000-row embedding, which is all random weights need of a vocabulary.
+    """
+    from transformers import GemmaTokenizerFast
+
+    repo = cache_dir / "models--google--gemma-2-2b"
+    tok = GemmaTokenizerFast(tokenizer_file=str(sd / "configs" / "t5_old" / "tokenizer.json"),
+                             bos_token="<bos>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tok.save_pretrained(str(repo / "snapshots" / GEMMA_SUBSTITUTE_REVISION))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(GEMMA_SUBSTITUTE_REVISION, encoding="utf-8")
+
+
+def build_tiny_lumina(
+    out_dir: str | os.PathLike,
+    n_images: int = 4,
+    resolution: int = 64,
+    bpe_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    sd_scripts: str | os.PathLike | None = None,
+) -> TinySD:
+    """A randomly initialised Lumina Image 2.0 set-up for sd-scripts' lumina_train_network.py.
+
+    Nothing here is read from the files: the NextDiT (2B config, 2.6 B parameters), Gemma2-2B
+    (26 layers, 2304 wide, 256000-token embedding) and the FLUX AutoEncoder are sd-scripts' fixed
+    configs, built complete and random, NextDiT and Gemma2 in bf16 (5.2 GB each), the AE in fp32.
+    The gated Gemma tokenizer is replaced by a substitute (_save_gemma_substitute_tokenizer) in
+    --tokenizer_cache_dir. `sd_scripts`: the checkout (default $KOHYA_SD_SCRIPTS).
+    """
+    import torch
+
+    sd = _sd_scripts(sd_scripts)
+    from library import flux_models, lumina_models, lumina_util
+    from transformers import Gemma2Model
+
+    root = Path(out_dir).resolve()
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    _save_gemma_substitute_tokenizer(sd, root / "tokenizers")
+    paths = {name: model_dir / f"{name}.safetensors" for name in ("lumina", "gemma2", "ae")}
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        dit = lumina_models.NextDiT_2B_GQA_patch2_Adaln_Refiner()
+        _save_module(paths["lumina"], dit.state_dict())
+        del dit
+        quiet = logging.getLogger(lumina_util.__name__)  # given an empty state dict it would log every key as missing
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            config = lumina_util.load_gemma2(None, torch.bfloat16, "cpu", state_dict={}).config  # the loader's literal config
+        finally:
+            quiet.setLevel(level)
+        gemma2 = Gemma2Model._from_config(config, torch_dtype=torch.bfloat16)
+        _save_module(paths["gemma2"], gemma2.state_dict())
+        del gemma2
+    finally:
+        torch.set_default_dtype(default_dtype)
+    _save_module(paths["ae"], flux_models.AutoEncoder(flux_models.configs["schnell"].ae_params).state_dict())
+    return _write_dataset(root, paths["lumina"], n_images, resolution, "gemma2 substitute (t5 vocabulary)", family="lumina",
+                          script="lumina_train_network.py", models={"gemma2": str(paths["gemma2"]), "ae": str(paths["ae"])})
 
 
 def _write_dataset(root: Path, model_dir: Path, n_images: int, resolution: int, tok_source: str, **kind) -> TinySD:
@@ -634,8 +806,9 @@ def load_tiny_sd(out_dir: str | os.PathLike) -> TinySD:
 
 
 #: families built from sd-scripts' own classes (their builders take `sd_scripts`)
-DIT_FAMILIES = ("anima", "flux")
-BUILDERS = {"sd15": build_tiny_sd15, "sdxl": build_tiny_sdxl, "anima": build_tiny_anima, "flux": build_tiny_flux}
+DIT_FAMILIES = ("anima", "flux", "lumina", "sd3")
+BUILDERS = {"sd15": build_tiny_sd15, "sdxl": build_tiny_sdxl, "anima": build_tiny_anima, "flux": build_tiny_flux, "sd3": build_tiny_sd3,
+            "lumina": build_tiny_lumina}
 
 
 def main(argv: list[str] | None = None) -> int:

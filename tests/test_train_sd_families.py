@@ -10,7 +10,7 @@ scripts/test_sd_checkout.sh. What each family costs here: docs/training.md, "Fam
 Per family, with that family's usual options (tests/sd_tiny_model.FAMILY_ARGS): two evaluations at the
 step saves, consistency curves in TensorBoard at those steps next to the loss, the leaderboard, a
 ``-best`` copy whose metadata names the crowned step, and an early stop (patience 1) before the last
-step.
+step; and the same hook trace from the stand-in loop given the same run.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ VARIANTS = {
     "sdxl-vpred": ["--v_parameterization", "--zero_terminal_snr"],  # NoobAI-style v-prediction bases
     "anima": [],  # the 2 B DiT, Qwen3 folder and Qwen-Image VAE; model options in TinySD.models
     "flux": [],  # FLUX.1 dev with 1 double + 1 single block, full CLIP-L and T5-XXL
+    "sd3": [],  # SD3.5 Large's MMDiT layout at depth 2, full CLIP-L, CLIP-G and T5-XXL
 }
 
 
@@ -57,6 +58,11 @@ def _args(root: str, out: Path, steps: int) -> list[str]:
     return subprocess.run([PY, "-c", code], check=True, capture_output=True, text=True).stdout.splitlines()
 
 
+def _ours(tiny: dict, reference: Path) -> list[str]:
+    return ["--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
+            "--consistency_reference", str(reference)]
+
+
 def _train(tmp_path: Path, tiny: dict, tadne_tiles, steps: int, extra: list[str]):
     """``python -m kohya_ext <family script>`` with the family's usual options and kohya-ext on (nvxs, a reference of
     8 full-size portraits: 64 px renders hold no face), output in ``tmp_path/out``. Asserts exit 0."""
@@ -67,8 +73,7 @@ def _train(tmp_path: Path, tiny: dict, tadne_tiles, steps: int, extra: list[str]
         ref.mkdir()
         for i in range(8):
             Image.fromarray(tadne_tiles[i]).save(ref / f"{i:02d}.png")
-    ours = ["--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
-            "--consistency_reference", str(ref)]
+    ours = _ours(tiny, ref)
     # HF_HUB_OFFLINE: every tokenizer and model is local; a missing one must fail at once, not wait on the network
     env = {"PYTHONPATH": str(h.working_tree_overlay(tmp_path, PY)), "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     proc = h.run_trainer(tmp_path, _args(tiny["root"], tmp_path / "out", steps) + ours + extra, env=env, script=tiny["script"],
@@ -78,6 +83,35 @@ def _train(tmp_path: Path, tiny: dict, tadne_tiles, steps: int, extra: list[str]
     return proc
 
 
+#: the stand-in script that follows each family's hook path: SDXL encodes prompts when it samples, as SD1.x does;
+#: the others cache the sample prompts' encodings at setup (docs/training.md, "Families that cache the sample prompts")
+STANDIN_SCRIPT = {"sdxl": "train_network.py", "anima": "cached_train_network.py", "flux": "cached_train_network.py",
+                  "sd3": "cached_train_network.py", "lumina": "cached_train_network.py"}
+
+
+def standin_trace(tmp_path: Path, tiny: dict, steps: int, ours_and_extra: list[str]) -> list[tuple]:
+    """The hook trace of the stand-in loop given the same run (images, prompts, steps, saves, kohya-ext options) as
+    ``tiny``'s real family run, in the stand-in family of the same shape and the module layout of the checkout."""
+    from kohya_ext.patches.sd_scripts import detect_version
+
+    stand = tmp_path / "standin"
+    train = stand / "train" / "1_tadne"
+    train.mkdir(parents=True)
+    for f in Path(tiny["train_data_dir"]).glob("*/*"):
+        (train / f.name).symlink_to(f)
+    args = ["--train_data_dir", str(stand / "train"), "--caption_extension", ".txt", "--output_dir", str(stand / "out"),
+            "--output_name", "tiny", "--network_module", "networks.lora", "--network_dim", "4", "--max_train_steps", str(steps),
+            "--save_every_n_steps", "2", "--sample_every_n_steps", "2", "--sample_prompts", tiny["prompts_file"],
+            "--resolution", "64", "--seed", "0", "--logging_dir", str(stand / "out" / "logs"), "--log_with", "tensorboard"]
+    family_args = _args(tiny["root"], tmp_path / "out", steps)
+    for flag in ("--mixed_precision", "--save_precision"):  # they set the argument kinds of the save hook; last one wins
+        args += [flag, family_args[len(family_args) - 1 - family_args[::-1].index(flag) + 1]]
+    layout = detect_version(Path(SD)).name.removesuffix(".x")
+    proc = h.run_trainer(stand, args + ours_and_extra, layout=layout, script=STANDIN_SCRIPT[tiny["family"]])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return real._shape(h.read_trace(stand / "trace.jsonl"))
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_family_trains_evaluates_keeps_best_and_stops_early(variant, tmp_path, tadne_tiles):
     family = variant.split("-")[0]
@@ -85,7 +119,8 @@ def test_family_trains_evaluates_keeps_best_and_stops_early(variant, tmp_path, t
     if not (Path(SD) / tiny["script"]).is_file():
         pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no {tiny['script']}")
     out = tmp_path / "out"
-    proc = _train(tmp_path, tiny, tadne_tiles, 6, VARIANTS[variant] + ["--consistency_patience", "1", "--consistency_warmup", "1"])
+    stop = ["--consistency_patience", "1", "--consistency_warmup", "1"]
+    proc = _train(tmp_path, tiny, tadne_tiles, 6, VARIANTS[variant] + stop)
     board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
     assert [(r["kohya_step"], r["trigger"], r["checkpoint"]) for r in board] == [
         (2, "step_save", "tiny-step00000002.safetensors"), (4, "step_save", "tiny-step00000004.safetensors")], board
@@ -100,6 +135,10 @@ def test_family_trains_evaluates_keeps_best_and_stops_early(variant, tmp_path, t
     best = next(r for r in board if r["is_best"])
     meta = read_metadata(out / "tiny-best.safetensors")
     assert meta["kohya_ext_consistency_step"] == str(best["kohya_step"]) == meta["ss_steps"]
+    # The stand-in must call the same hooks in the same order with the same argument kinds as this family does.
+    real_trace = real._shape(h.read_trace(tmp_path / "trace.jsonl"))
+    print("\n".join(map(str, real_trace)))
+    assert standin_trace(tmp_path, tiny, 6, _ours(tiny, tmp_path / "reference") + stop) == real_trace
 
 
 def test_sdxl_resume_continues_the_history(tmp_path, tadne_tiles):
