@@ -41,6 +41,7 @@ VARIANTS = {
     "anima": [],  # the 2 B DiT, Qwen3 folder and Qwen-Image VAE; model options in TinySD.models
     "flux": [],  # FLUX.1 dev with 1 double + 1 single block, full CLIP-L and T5-XXL
     "sd3": [],  # SD3.5 Large's MMDiT layout at depth 2, full CLIP-L, CLIP-G and T5-XXL
+    "lumina": [],  # NextDiT 2B, Gemma2-2B and the AE, all full size; a substitute Gemma tokenizer
 }
 
 
