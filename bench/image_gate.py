@@ -26,11 +26,10 @@ from PIL import Image
 
 import kohya_ext.images as images_module
 from kohya_ext.backends import BackendSpec
+from kohya_ext.demo import grid_tiles
 from kohya_ext.images import MAX_DETECT_PIXELS, fit_for_detection, load_image
 from kohya_ext.ratios import RATIO_NAMES
 from kohya_ext.scorer import Scorer, load_references
-
-TILE = 512
 
 
 @contextmanager
@@ -42,12 +41,6 @@ def gate_lifted():
         yield
     finally:
         images_module.MAX_DETECT_PIXELS = saved
-
-
-def tiles(grid: Path) -> list[np.ndarray]:
-    g = load_image(grid)
-    return [g[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE]
-            for r in range(g.shape[0] // TILE) for c in range(g.shape[1] // TILE)]
 
 
 def timed_score(scorer: Scorer, imgs: list[np.ndarray]):
@@ -74,7 +67,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    ts = tiles(Path(args.grid))
+    ts = grid_tiles(load_image(Path(args.grid)))
     half = len(ts) // 2
     spec = BackendSpec("nvxs", threads=args.threads)
     ref_dir = Path("/tmp/kohya_ext_bench_gate_ref")

@@ -39,10 +39,10 @@ from kohya_ext.measure import ImageMeasurement, measure_faces
 from kohya_ext.phash import copy_hashes, hamming
 from kohya_ext.ratios import RATIO_NAMES, ExclusionRules, compute_ratios
 from kohya_ext.reference import POPULATION_STD, ReferenceStats
+from kohya_ext.demo import grid_tiles
 from kohya_ext.comparison import MEMORIZATION_FACE_HAMMING, MEMORIZATION_HAMMING, compare, is_near_copy, reference_face_hashes, reference_hashes
 from kohya_ext.similarity import BACKEND_RATIO_WEIGHTS
 
-TILE = 512
 CACHE_VERSION = 1
 NVXS_RATIOS = tuple(r for r in RATIO_NAMES if r != "eyebrow_height_ratio")
 
@@ -627,8 +627,7 @@ def hamming_distribution(half: Half, face: bool = False) -> tuple[np.ndarray, np
 def load_tiles(grid_path: Path) -> list[np.ndarray]:
     from kohya_ext.images import load_image
 
-    g = load_image(grid_path)
-    return [g[r : r + TILE, c : c + TILE].copy() for r in range(0, g.shape[0], TILE) for c in range(0, g.shape[1], TILE)]
+    return grid_tiles(load_image(grid_path))
 
 
 def candidates() -> list[Formula]:
