@@ -143,11 +143,8 @@ def run_tadne(args) -> list[tuple[str, Scores]]:
 # -- real drawings ----------------------------------------------------------------------------------
 
 def run_real(args) -> list[tuple[str, Scores]]:
-    try:
-        import real_data as rd  # bench/real_data.py, bench/real_eval.py: the real-drawing benchmark's loaders (issue 9)
-        import real_eval as ev
-    except ImportError as e:
-        raise SystemExit(f"image_score.py real needs bench/real_data.py and bench/real_eval.py ({e})") from None
+    import real_data as rd  # bench/real_data.py, bench/real_eval.py: the real-drawing benchmark's loaders (issue 9)
+    import real_eval as ev
     from kohya_ext.backends.nvxs import NvxsBackend
 
     chars = rd.select(Path(args.dir), args.refs, args.new)

@@ -324,6 +324,14 @@ class DetectionCache:
     def has(self, key: Key, mode: str = "plain") -> bool:
         return self._k(key, mode) in self.data
 
+    def _append(self, records: list[tuple[str, int, int, ImageFaces]]) -> None:
+        """(key, width, height, detection) records, kept and appended to the file."""
+        with open(self.path, "a") as fh:
+            for k, w, h, det in records:
+                d = {"k": k, "w": w, "h": h, "faces": [_face_to_json(f) for f in det.faces]}
+                self.data[k] = d
+                fh.write(json.dumps(d) + "\n")
+
     def background_ok(self, path: Path) -> bool:
         """Whether nvxs finds no face in a drawing used as a busy background (upside down, sharp or blurred)."""
         return not any(self.data[f"bg:{path.parent.name}/{path.name}|{blur}"]["faces"] for blur in (0, 1))
@@ -333,11 +341,7 @@ class DetectionCache:
         for s in range(0, len(todo), 32):
             part = todo[s : s + 32]
             dets = self.backend.detect([background(p, bool(blur)) for p, blur in part])
-            with open(self.path, "a") as fh:
-                for (p, blur), det in zip(part, dets):
-                    d = {"k": f"bg:{p.parent.name}/{p.name}|{blur}", "w": CANVAS, "h": CANVAS, "faces": [_face_to_json(f) for f in det.faces]}
-                    self.data[d["k"]] = d
-                    fh.write(json.dumps(d) + "\n")
+            self._append([(f"bg:{p.parent.name}/{p.name}|{blur}", CANVAS, CANVAS, det) for (p, blur), det in zip(part, dets)])
             print(f"  backgrounds {s + len(part)}/{len(todo)}", file=log, flush=True)
 
     def ensure(self, renderer: Renderer, keys: list[Key], mode: str = "plain", chunk: int = 32, log=sys.stderr) -> None:
@@ -346,10 +350,6 @@ class DetectionCache:
             part = todo[s : s + chunk]
             images = [renderer.image(k) for k in part]
             dets = detect_mode(self.backend, images, mode)
-            with open(self.path, "a") as fh:
-                for k, im, det in zip(part, images, dets):
-                    d = {"k": self._k(k, mode), "w": int(im.shape[1]), "h": int(im.shape[0]), "faces": [_face_to_json(f) for f in det.faces]}
-                    self.data[d["k"]] = d
-                    fh.write(json.dumps(d) + "\n")
+            self._append([(self._k(k, mode), int(im.shape[1]), int(im.shape[0]), det) for k, im, det in zip(part, images, dets)])
             self.detected += len(part)
             print(f"  detected {self.detected}/{len(todo)} ({mode})", file=log, flush=True)
