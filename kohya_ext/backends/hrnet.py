@@ -63,7 +63,6 @@ IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 MODULATE_KERNEL = 11  # DARK's Gaussian modulation kernel (sigma 2)
 PAD_SIZE_DIVISOR = 32  # mmdet test pipeline
-DETECTORS = ("yolov3", "faster-rcnn")
 PACKAGE = "anime-face-detector 0.1.0"
 INSTALL_HINT = "the hrnet backend needs anime-face-detector 0.1.0: run scripts/install.sh, or use --backend nvxs"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..backends import BackendSpec
 from ..errors import KohyaExtError
-from ..io_utils import atomic_save_image, atomic_write_text, dumps_json
+from ..io_utils import atomic_save_image, atomic_write_text, dumps_json, unwritable
 from ..ratios import FORMULA_VERSION, RATIO_NAMES
 from ..training.decisions import is_memorized
 from ..training.leaderboard import COLUMNS, FOLDER, JSON_NAME, Leaderboard
@@ -49,19 +49,6 @@ class RankResult:
     @property
     def last(self) -> dict[str, Any] | None:
         return max(self.rows, key=lambda r: r.get("eval") or 0, default=None)
-
-
-def unwritable(folder: Path) -> str | None:
-    """Why files cannot be written into ``folder`` (created if missing), or None when they can."""
-    import tempfile
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
 
 
 def rank_key(row: dict[str, Any]) -> tuple:
