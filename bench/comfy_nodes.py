@@ -1,8 +1,5 @@
 """Overhead of the ComfyUI nodes over the scorer itself (issue 11): batches of 1, 8, 32 at 512x512, nvxs.
 
-Usage:
-    python bench/comfy_nodes.py [--grid ../shared/data/tadne/grid.jpg] [--threads 2] [--repeats 5] [--batches 1,8,32]
-
 "Scorer" is ``Scorer.score_images`` on uint8 arrays: detection, measurement and the set
 score, what the CLI and the training integration run. "Node" is the Character consistency
 node's ``execute`` (the V3 class when ComfyUI's comfy_api is importable, else
@@ -30,6 +27,7 @@ from kohya_ext.demo import TILE, grid_tiles
 from kohya_ext.images import load_image
 from kohya_ext.image_score import image_scores
 from kohya_ext.scorer import Scorer
+
 
 def median_time(fn, repeats: int) -> float:
     out = []

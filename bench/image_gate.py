@@ -1,9 +1,6 @@
 """The image gate (kohya_ext.images.fit_for_detection): what downscaling large images does to the
 score, and what the gate costs (issue 15).
 
-Usage:
-    python bench/image_gate.py [--grid ../shared/data/tadne/grid.jpg] [--sizes 3072,4096] [--threads 2]
-
 The 36 TADNE portraits (512 px tiles) are split into a reference half and a sample half, as in
 the demo. The sample half is upscaled (Lanczos) to each --sizes side, then scored twice against
 the reference: through the gate (downscaled to MAX_DETECT_PIXELS before detection, what ships)

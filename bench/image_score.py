@@ -1,10 +1,5 @@
 """Per-image score (kohya_ext.image_score): does ONE image tell its character from others? (issue 11)
 
-Usage:
-    python bench/image_score.py tadne [--grid ../shared/data/tadne/grid.jpg] [--cache DIR] [--threads 2]
-    python bench/image_score.py real DIR [--cache DIR] [--threads 2] [--refs 16] [--new 32]
-                                         [--presentations tight,white,busy,busy_blur]
-
 tadne: the 36 shared portraits as in bench/validity.py (one synthetic character per
 portrait; reference = its 8 reference-side benign variants, same-character images =
 its 8 sample-side variants, other characters = the other portraits' sample-side

@@ -1,7 +1,5 @@
 """Throughput of the batched hrnet backend against anime-face-detector's own per-image loop.
 
-Usage: python bench/landmarks.py [--device cpu] [--images 16] [--threads 2] [--quick]
-
 Both sides load the same seeded random weights (tests/hrnet_fixtures.py; the real ones
 cannot be downloaded here) and see the same portraits (../shared/data/tadne/grid.jpg).
 Random detector weights give arbitrary boxes, so the two stages are timed separately:

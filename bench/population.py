@@ -1,6 +1,5 @@
 """Per-ratio spread across many different characters: the prior behind reference.POPULATION_STD.
 
-Usage: python bench/population.py [--backend nvxs] [--grid ../shared/data/tadne/grid.jpg]
 Prints mean, std and robust std (MAD) of each ratio over one face per portrait.
 """
 

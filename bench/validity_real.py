@@ -1,10 +1,5 @@
 """Real-drawing benchmark (issue 9): does the score, and the copy gate, hold on genuine art?
 
-Usage:
-    python bench/validity_real.py DIR [--cache ~/.cache/kohya_validity_real] [--threads 2]
-                                      [--refs 16] [--new 32] [--copies 8] [--detect-only]
-                                      [--export tests/data/validity_real.json.gz]
-
 DIR holds ``<character>/<images>``: several genuinely different drawings per
 character (tuning data: github:Sytwu/Anime-Face-Recognition, ``face_dataset/``).
 See bench/real_data.py for selection, presentations and copy edits, and
