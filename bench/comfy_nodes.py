@@ -1,8 +1,5 @@
 """Overhead of the ComfyUI nodes over the scorer itself (issue 11): batches of 1, 8, 32 at 512x512, nvxs.
 
-Usage:
-    python bench/comfy_nodes.py [--grid ../shared/data/tadne/grid.jpg] [--threads 2] [--repeats 5] [--batches 1,8,32]
-
 "Scorer" is ``Scorer.score_images`` on uint8 arrays: detection, measurement and the set
 score, what the CLI and the training integration run. "Node" is the Character consistency
 node's ``execute`` (the V3 class when ComfyUI's comfy_api is importable, else
@@ -25,20 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from kohya_ext.comfy import core
+from kohya_ext.demo import TILE, grid_tiles
+from kohya_ext.images import load_image
 from kohya_ext.image_score import image_scores
 from kohya_ext.scorer import Scorer
-
-TILE = 512
-
-
-def load_tiles(grid: Path) -> list[np.ndarray]:
-    from kohya_ext.images import load_image
-
-    g = load_image(grid)
-    return [g[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE].copy() for r in range(g.shape[0] // TILE) for c in range(g.shape[1] // TILE)]
 
 
 def median_time(fn, repeats: int) -> float:
@@ -81,7 +69,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batches", default="1,8,32")
     args = ap.parse_args()
-    tiles = load_tiles(Path(args.grid))
+    tiles = grid_tiles(load_image(Path(args.grid)))
     from kohya_ext.backends import BackendSpec
 
     spec = BackendSpec("nvxs", threads=args.threads)

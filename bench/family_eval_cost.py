@@ -38,9 +38,10 @@ def _tiny(family: str, py: str) -> dict:
     return json.loads((root / "tiny_sd.json").read_text())
 
 
-def _train_args(py: str, root: str, out: Path) -> list[str]:
-    code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from sd_tiny_model import load_tiny_sd; "
-            f"print(chr(10).join(load_tiny_sd({root!r}).train_network_args({str(out)!r}, steps=4, save_every=2, sample_every=0)))")
+def train_args(py: str, root: str, out: Path, steps: int = 4, save_every: int = 2) -> list[str]:
+    """The tiny model's train_network.py arguments (tests/sd_tiny_model.py, run by the sd venv's ``py``), without samples."""
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from sd_tiny_model import load_tiny_sd; print(chr(10).join("
+            f"load_tiny_sd({root!r}).train_network_args({str(out)!r}, steps={steps}, save_every={save_every}, sample_every=0)))")
     args = subprocess.run([py, "-c", code], check=True, capture_output=True, text=True).stdout.splitlines()
     i = args.index("--sample_every_n_steps")
     return args[:i] + args[i + 2 :]  # no user samples: the renders measured are kohya-ext's own
@@ -70,7 +71,7 @@ def measure(family: str, sd: str, py: str, reference: Path, work: Path) -> dict:
     spec.loader.exec_module(harness)  # its overlay lends this working tree's kohya_ext to sd-scripts' venv
 
     env = {**os.environ, "PYTHONPATH": str(harness.working_tree_overlay(run, py)), "OMP_NUM_THREADS": str(os.cpu_count() or 2)}
-    cmd = [sys.executable, "-c", _PEAK, py, "-m", "kohya_ext", tiny.get("script", "train_network.py"), *_train_args(py, tiny["root"], out),
+    cmd = [sys.executable, "-c", _PEAK, py, "-m", "kohya_ext", tiny.get("script", "train_network.py"), *train_args(py, tiny["root"], out),
            "--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
            "--consistency_reference", str(reference)]
     proc = subprocess.run(cmd, cwd=sd, env=env, capture_output=True, text=True)

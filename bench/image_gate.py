@@ -1,9 +1,6 @@
 """The image gate (kohya_ext.images.fit_for_detection): what downscaling large images does to the
 score, and what the gate costs (issue 15).
 
-Usage:
-    python bench/image_gate.py [--grid ../shared/data/tadne/grid.jpg] [--sizes 3072,4096] [--threads 2]
-
 The 36 TADNE portraits (512 px tiles) are split into a reference half and a sample half, as in
 the demo. The sample half is upscaled (Lanczos) to each --sizes side, then scored twice against
 the reference: through the gate (downscaled to MAX_DETECT_PIXELS before detection, what ships)
@@ -26,11 +23,10 @@ from PIL import Image
 
 import kohya_ext.images as images_module
 from kohya_ext.backends import BackendSpec
+from kohya_ext.demo import grid_tiles
 from kohya_ext.images import MAX_DETECT_PIXELS, fit_for_detection, load_image
 from kohya_ext.ratios import RATIO_NAMES
 from kohya_ext.scorer import Scorer, load_references
-
-TILE = 512
 
 
 @contextmanager
@@ -42,12 +38,6 @@ def gate_lifted():
         yield
     finally:
         images_module.MAX_DETECT_PIXELS = saved
-
-
-def tiles(grid: Path) -> list[np.ndarray]:
-    g = load_image(grid)
-    return [g[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE]
-            for r in range(g.shape[0] // TILE) for c in range(g.shape[1] // TILE)]
 
 
 def timed_score(scorer: Scorer, imgs: list[np.ndarray]):
@@ -74,7 +64,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    ts = tiles(Path(args.grid))
+    ts = grid_tiles(load_image(Path(args.grid)))
     half = len(ts) // 2
     spec = BackendSpec("nvxs", threads=args.threads)
     ref_dir = Path("/tmp/kohya_ext_bench_gate_ref")

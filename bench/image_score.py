@@ -1,10 +1,5 @@
 """Per-image score (kohya_ext.image_score): does ONE image tell its character from others? (issue 11)
 
-Usage:
-    python bench/image_score.py tadne [--grid ../shared/data/tadne/grid.jpg] [--cache DIR] [--threads 2]
-    python bench/image_score.py real DIR [--cache DIR] [--threads 2] [--refs 16] [--new 32]
-                                         [--presentations tight,white,busy,busy_blur]
-
 tadne: the 36 shared portraits as in bench/validity.py (one synthetic character per
 portrait; reference = its 8 reference-side benign variants, same-character images =
 its 8 sample-side variants, other characters = the other portraits' sample-side
@@ -143,11 +138,8 @@ def run_tadne(args) -> list[tuple[str, Scores]]:
 # -- real drawings ----------------------------------------------------------------------------------
 
 def run_real(args) -> list[tuple[str, Scores]]:
-    try:
-        import real_data as rd  # bench/real_data.py, bench/real_eval.py: the real-drawing benchmark's loaders (issue 9)
-        import real_eval as ev
-    except ImportError as e:
-        raise SystemExit(f"image_score.py real needs bench/real_data.py and bench/real_eval.py ({e})") from None
+    import real_data as rd  # bench/real_data.py, bench/real_eval.py: the real-drawing benchmark's loaders (issue 9)
+    import real_eval as ev
     from kohya_ext.backends.nvxs import NvxsBackend
 
     chars = rd.select(Path(args.dir), args.refs, args.new)

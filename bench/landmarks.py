@@ -1,7 +1,5 @@
 """Throughput of the batched hrnet backend against anime-face-detector's own per-image loop.
 
-Usage: python bench/landmarks.py [--device cpu] [--images 16] [--threads 2] [--quick]
-
 Both sides load the same seeded random weights (tests/hrnet_fixtures.py; the real ones
 cannot be downloaded here) and see the same portraits (../shared/data/tadne/grid.jpg).
 Random detector weights give arbitrary boxes, so the two stages are timed separately:
@@ -42,16 +40,15 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import hrnet_fixtures  # noqa: E402
 
+from kohya_ext.demo import TILE, grid_tiles  # noqa: E402
 from kohya_ext.images import load_image  # noqa: E402
 
-TILE = 512
 # fixed face boxes inside a 512x512 portrait: a large central face, and a smaller second one
 BOXES = np.array([[110, 70, 400, 390], [330, 300, 500, 480]], dtype=np.float32)
 
 
 def _tiles(grid_path: Path, n: int) -> list[np.ndarray]:
-    grid = load_image(grid_path)
-    tiles = [grid[r : r + TILE, c : c + TILE].copy() for r in range(0, grid.shape[0], TILE) for c in range(0, grid.shape[1], TILE)]
+    tiles = grid_tiles(load_image(grid_path))
     return [tiles[i % len(tiles)] for i in range(n)]
 
 

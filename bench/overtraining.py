@@ -32,30 +32,28 @@ from pathlib import Path
 from PIL import Image
 
 from kohya_ext.callbacks.early_stopping import EarlyStopping
+from kohya_ext.demo import grid_tiles
+from kohya_ext.images import load_image
+from kohya_ext.posthoc.run_info import read_scalars
 from kohya_ext.training.early_stop import StopConfig
 
 SHARED = Path(os.environ.get("KOHYA_EXT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-GRID, TILE = SHARED / "data" / "tadne" / "grid.jpg", 512
+GRID = SHARED / "data" / "tadne" / "grid.jpg"
 
 
-def tiles(first: int, n: int, size: int | None) -> list[Image.Image]:
-    grid = Image.open(GRID).convert("RGB")
-    cols = grid.width // TILE
-    out = []
-    for i in range(first, first + n):
-        t = grid.crop(((i % cols) * TILE, (i // cols) * TILE, (i % cols + 1) * TILE, (i // cols + 1) * TILE))
-        out.append(t.resize((size, size), Image.BICUBIC) if size else t)
-    return out
+def tiles(n: int, size: int | None) -> list[Image.Image]:
+    out = [Image.fromarray(t) for t in grid_tiles(load_image(GRID))[:n]]
+    return [t.resize((size, size), Image.BICUBIC) for t in out] if size else out
 
 
 def train(work: Path, tiny: dict, a: argparse.Namespace) -> float:
     data, ref = work / "train" / "1_tadne", work / "reference"
     data.mkdir(parents=True)
     ref.mkdir()
-    for i, img in enumerate(tiles(0, a.images, tiny["resolution"])):
+    for i, img in enumerate(tiles(a.images, tiny["resolution"])):
         img.save(data / f"{i:02d}.png")
         (data / f"{i:02d}.txt").write_text("tadne, 1girl, portrait, anime\n", encoding="utf-8")
-    for i, img in enumerate(tiles(0, a.images, None)):  # the training drawings at full size: the reference
+    for i, img in enumerate(tiles(a.images, None)):  # the training drawings at full size: the reference
         img.save(ref / f"{i:02d}.png")
     out = work / "out"
     every = str(a.every)
@@ -85,17 +83,10 @@ def train(work: Path, tiny: dict, a: argparse.Namespace) -> float:
 
 def read_run(out: Path) -> tuple[list[tuple[int, float]], list[dict], list[dict]]:
     """(training loss per step, evaluation rows, every validation sd-scripts logged) of a finished run."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    loss: list[tuple[int, float]] = []
-    for f in (out / "logs").rglob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
-        acc.Reload()
-        if "loss/current" in acc.Tags()["scalars"]:
-            loss += [(e.step, e.value) for e in acc.Scalars("loss/current")]
+    loss = read_scalars(out / "logs", "loss/current").get("loss/current", [])
     rows = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
     validations = json.loads((out / "consistency" / "run.json").read_text()).get("validation") or []
-    return sorted(loss), rows, validations
+    return loss, rows, validations
 
 
 def replay(rows: list[dict], validations: list[dict], monitor: str, patience: int, slack: float = 0.05

@@ -1,6 +1,5 @@
 """Per-ratio spread across many different characters: the prior behind reference.POPULATION_STD.
 
-Usage: python bench/population.py [--backend nvxs] [--grid ../shared/data/tadne/grid.jpg]
 Prints mean, std and robust std (MAD) of each ratio over one face per portrait.
 """
 
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from kohya_ext.backends import BackendSpec
-from kohya_ext.demo import TILE
+from kohya_ext.demo import grid_tiles
 from kohya_ext.images import load_image
 from kohya_ext.measure import measure_arrays
 from kohya_ext.ratios import RATIO_NAMES
@@ -23,9 +22,7 @@ def main() -> None:
     ap.add_argument("--backend", default="nvxs")
     ap.add_argument("--grid", default=str(Path(__file__).resolve().parents[2] / "shared/data/tadne/grid.jpg"))
     args = ap.parse_args()
-    grid = load_image(args.grid)
-    tiles = [grid[r : r + TILE, c : c + TILE] for r in range(0, grid.shape[0], TILE) for c in range(0, grid.shape[1], TILE)]
-    ms = measure_arrays(BackendSpec(args.backend).create(), tiles)
+    ms = measure_arrays(BackendSpec(args.backend).create(), grid_tiles(load_image(args.grid)))
     ok = [m for m in ms if m.status == "ok"]
     print(f"{args.backend}: {len(ok)} usable faces of {len(ms)} portraits\n")
     print("| ratio | n | mean | std | MAD-std |\n|---|---|---|---|---|")

@@ -19,7 +19,6 @@ re-measure (hashes, colours) from re-rendered images.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+import validity as v  # bench/validity.py: the same benign edits (the script's folder is on sys.path)
 from kohya_ext.backends.base import Face, ImageFaces
 
 #: Thumbnail correlation above which two drawings count as the same art (dataset dedupe).
@@ -42,12 +42,6 @@ PRESENTATIONS = ("tight", "white", "busy", "busy_blur")
 COPY_EDITS = ("exact", "jpeg_q70", "rescale_0.75", "crop_6", "pad_6", "mirror", "new_bg")
 #: Plain background colours used for "copy moved onto a different plain background".
 NEW_BG_COLORS = ((236, 240, 246), (246, 238, 228), (228, 242, 232), (240, 232, 244))
-#: Detection padding for tight crops ("pad" mode): this share of the long side on every side, edges replicated.
-PAD_FRACTION = 0.25
-
-
-def _sha1(s: str) -> str:
-    return hashlib.sha1(s.encode()).hexdigest()
 
 
 def _source(name: str) -> str:
@@ -72,7 +66,7 @@ def select(root: Path, refs: int, new: int, spares: int = 64) -> list[Character]
     """Characters with at least refs + new distinct drawings, sorted by name."""
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted((p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=lambda p: _sha1(p.name))
+        files = sorted((p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
         kept: list[Path] = []
         thumbs: list[np.ndarray] = []
         sources: set[str] = set()
@@ -106,10 +100,6 @@ def halves(chars: list[Character]) -> dict[str, list[Character]]:
 
 
 # --- rendering ---------------------------------------------------------------------------------
-def load_rgb(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
 def _paste(crop: np.ndarray, canvas: np.ndarray, offset=(0, 0)) -> np.ndarray:
     s = round(FACE_SHARE * CANVAS)
     p = np.asarray(Image.fromarray(crop).resize((s, s), Image.Resampling.LANCZOS))
@@ -141,20 +131,15 @@ def edit_copy(image: np.ndarray, crop: np.ndarray, kind: str, k: int) -> np.ndar
     if kind == "exact":
         return image
     if kind == "jpeg_q70":
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, "JPEG", quality=70)
-        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        return v.jpeg(image, 70)
     if kind == "rescale_0.75":
-        h, w = image.shape[:2]
-        return np.asarray(Image.fromarray(image).resize((round(w * 0.75), round(h * 0.75)), Image.Resampling.LANCZOS))
+        return v.rescale(image, 0.75)
     if kind == "crop_6":  # 6 % off the left and top
-        h, w = image.shape[:2]
-        return np.ascontiguousarray(image[int(0.06 * h) :, int(0.06 * w) :])
+        return v.crop(image, 0.06, 0.06, 0, 0)
     if kind == "pad_6":  # 6 % added on every side, edges replicated
-        p = int(0.06 * image.shape[0])
-        return np.pad(image, ((p, p), (p, p), (0, 0)), mode="edge")
+        return v.pad(image, 0.06)
     if kind == "mirror":
-        return np.ascontiguousarray(image[:, ::-1])
+        return v.mirror(image)
     if kind == "new_bg":  # the drawing moved onto a different plain background, shifted
         col = NEW_BG_COLORS[k % len(NEW_BG_COLORS)]
         return _paste(crop, np.full((CANVAS, CANVAS, 3), col, np.uint8), offset=(18, -14))
@@ -189,7 +174,7 @@ class Renderer:
         self.bg_index = {n: {p.name: j for j, p in enumerate(self.chars[n].refs + self.chars[n].new)} for n in names}
 
     def crop(self, key: Key) -> np.ndarray:
-        return load_rgb(self.paths[(key.char, key.file)])
+        return np.asarray(Image.open(self.paths[(key.char, key.file)]).convert("RGB"))
 
     def bg_path(self, key: Key) -> Path | None:
         if not key.presentation.startswith("busy"):
@@ -243,55 +228,18 @@ def _face_from_json(d: dict) -> Face:
                 point_scores=np.asarray(d["point_scores"], np.float32))
 
 
-def pad_image(image: np.ndarray, frac: float = PAD_FRACTION) -> tuple[np.ndarray, int]:
-    p = int(round(frac * max(image.shape[:2])))
-    return np.pad(image, ((p, p), (p, p), (0, 0)), mode="edge"), p
-
-
-def shift_faces(det: ImageFaces, dx: float, dy: float, width: int, height: int, scale: float = 1.0) -> ImageFaces:
-    """Faces found in a padded (and scaled) image, mapped back: (p / scale) - (dx, dy)."""
-    faces = []
-    for f in det.faces:
-        faces.append(Face(box=np.asarray(f.box, np.float32) / scale - np.float32([dx, dy, dx, dy]), score=f.score,
-                          points=np.asarray(f.points, np.float32) / scale - np.float32([dx, dy]), point_scores=f.point_scores))
-    return ImageFaces(faces=faces, width=width, height=height)
-
-
-#: nvxs point pairs swapped by a mirror (kohya_ext.landmarks.NVXS_POINTS: eyes, inner corners, mouth corners)
-_MIRROR_PAIRS = ((0, 1), (2, 3), (5, 6))
-
-
-def unmirror_faces(det: ImageFaces, width: int) -> ImageFaces:
-    faces = []
-    for f in det.faces:
-        p = np.asarray(f.points, np.float32).copy()
-        p[:, 0] = width - p[:, 0]
-        for a, b in _MIRROR_PAIRS:
-            p[[a, b]] = p[[b, a]]
-        x0, y0, x1, y1 = np.asarray(f.box, np.float32)
-        faces.append(Face(box=np.float32([width - x1, y0, width - x0, y1]), score=f.score, points=p, point_scores=f.point_scores))
-    return ImageFaces(faces=faces, width=width, height=det.height)
-
-
 def detect_mode(backend, images: list[np.ndarray], mode: str) -> list[ImageFaces]:
-    """Detect in a transformed copy of each image and map the faces back.
-
-    plain; pad (PAD_FRACTION of the long side, edges replicated); padsmall (the padded image at 0.6 scale);
-    mirror (left-right mirrored).
-    """
+    """Detect in each image as it is ("plain") or in the view of one of nvxs's retries (pad, padsmall, mirror:
+    kohya_ext.backends.nvxs.retry_view, the code the shipped backend retries with), the faces mapped back."""
     if mode == "plain":
         return backend.detect(images)
-    if mode in ("pad", "padsmall"):
-        scale = 0.6 if mode == "padsmall" else 1.0
-        padded = [pad_image(im) for im in images]
-        ins = [p if scale == 1.0 else np.asarray(Image.fromarray(p).resize((round(p.shape[1] * scale), round(p.shape[0] * scale)), Image.Resampling.LANCZOS))
-               for p, _ in padded]
-        dets = backend.detect(ins)
-        return [shift_faces(d, q, q, im.shape[1], im.shape[0], scale) for d, (_, q), im in zip(dets, padded, images)]
-    if mode == "mirror":
-        dets = backend.detect([np.ascontiguousarray(im[:, ::-1]) for im in images])
-        return [unmirror_faces(d, im.shape[1]) for d, im in zip(dets, images)]
-    raise ValueError(mode)
+    from kohya_ext.backends.nvxs import NvxsFace, retry_view
+
+    views = [retry_view(im, mode) for im in images]
+    dets = backend.detect([view for view, _ in views])
+    as_nvxs = lambda f: f if isinstance(f, NvxsFace) else NvxsFace(f.box, f.score, f.points, f.point_scores)  # noqa: E731
+    return [ImageFaces(faces=[back(as_nvxs(f)) for f in d.faces], width=im.shape[1], height=im.shape[0])
+            for d, (_, back), im in zip(dets, views, images)]
 
 
 class DetectionCache:
@@ -324,6 +272,14 @@ class DetectionCache:
     def has(self, key: Key, mode: str = "plain") -> bool:
         return self._k(key, mode) in self.data
 
+    def _append(self, records: list[tuple[str, int, int, ImageFaces]]) -> None:
+        """(key, width, height, detection) records, kept and appended to the file."""
+        with open(self.path, "a") as fh:
+            for k, w, h, det in records:
+                d = {"k": k, "w": w, "h": h, "faces": [_face_to_json(f) for f in det.faces]}
+                self.data[k] = d
+                fh.write(json.dumps(d) + "\n")
+
     def background_ok(self, path: Path) -> bool:
         """Whether nvxs finds no face in a drawing used as a busy background (upside down, sharp or blurred)."""
         return not any(self.data[f"bg:{path.parent.name}/{path.name}|{blur}"]["faces"] for blur in (0, 1))
@@ -333,11 +289,7 @@ class DetectionCache:
         for s in range(0, len(todo), 32):
             part = todo[s : s + 32]
             dets = self.backend.detect([background(p, bool(blur)) for p, blur in part])
-            with open(self.path, "a") as fh:
-                for (p, blur), det in zip(part, dets):
-                    d = {"k": f"bg:{p.parent.name}/{p.name}|{blur}", "w": CANVAS, "h": CANVAS, "faces": [_face_to_json(f) for f in det.faces]}
-                    self.data[d["k"]] = d
-                    fh.write(json.dumps(d) + "\n")
+            self._append([(f"bg:{p.parent.name}/{p.name}|{blur}", CANVAS, CANVAS, det) for (p, blur), det in zip(part, dets)])
             print(f"  backgrounds {s + len(part)}/{len(todo)}", file=log, flush=True)
 
     def ensure(self, renderer: Renderer, keys: list[Key], mode: str = "plain", chunk: int = 32, log=sys.stderr) -> None:
@@ -346,10 +298,6 @@ class DetectionCache:
             part = todo[s : s + chunk]
             images = [renderer.image(k) for k in part]
             dets = detect_mode(self.backend, images, mode)
-            with open(self.path, "a") as fh:
-                for k, im, det in zip(part, images, dets):
-                    d = {"k": self._k(k, mode), "w": int(im.shape[1]), "h": int(im.shape[0]), "faces": [_face_to_json(f) for f in det.faces]}
-                    self.data[d["k"]] = d
-                    fh.write(json.dumps(d) + "\n")
+            self._append([(self._k(k, mode), int(im.shape[1]), int(im.shape[0]), det) for k, im, det in zip(part, images, dets)])
             self.detected += len(part)
             print(f"  detected {self.detected}/{len(todo)} ({mode})", file=log, flush=True)

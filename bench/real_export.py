@@ -62,17 +62,12 @@ def compact(m: ImageMeasurement, role: str, gate: bool, thumbnails: bool = False
 
 
 def expand(d: dict, role: str, name: str = "") -> ImageMeasurement:
-    """A compact measurement back as an ImageMeasurement (ratios recomputed; hashes in their production slots)."""
+    """A compact measurement back as an ImageMeasurement (hashes in their production slots; Loaded sets the ratios)."""
     m = ImageMeasurement(name=name, status=d["s"])
     if "p" in d:
         m.points, m.face_box = d["p"], d["b"]
         m.point_scores = [1.0] * len(d["p"])
         m.face_score = 1.0
-        if True:  # the status of a face comes from the current formulas and rules
-            rb = compute_ratios("nvxs", np.asarray(d["p"], float)[None], np.ones((1, len(d["p"]))), np.asarray(d["b"], float)[None], ExclusionRules())
-            reason = rb.face_excluded[0]
-            m.status = "ok" if reason is None else reason.replace(" ", "_")
-            m.ratios = {n: (float(rb.values[0, j]) if rb.valid[0, j] else None) for j, n in enumerate(RATIO_NAMES)}
     m.colors = d.get("c")
     if d.get("h") is not None:
         from kohya_ext.color import HIST_BINS

@@ -55,16 +55,10 @@ def main() -> int:
         run = root / ("on" if on else "off")
         run.mkdir()
         if a.real:
-            sys.path.insert(0, str(REPO / "tests"))
-            tiny_dir = os.environ["TINY_SD_DIR"]
-            import subprocess
+            from family_eval_cost import train_args  # bench/family_eval_cost.py (the script's folder is on sys.path)
 
-            code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from sd_tiny_model import load_tiny_sd; "
-                    f"print(chr(10).join(load_tiny_sd({tiny_dir!r}).train_network_args({str(run / 'out')!r}, steps={a.steps}, "
-                    f"save_every={a.save_every}, sample_every=0)))")
-            args = subprocess.run([os.environ["KOHYA_SD_PYTHON"], "-c", code], check=True, capture_output=True, text=True).stdout.splitlines()
-            i = args.index("--sample_every_n_steps")
-            del args[i : i + 2]  # no user samples: measure ours only
+            tiny_dir = os.environ["TINY_SD_DIR"]
+            args = train_args(os.environ["KOHYA_SD_PYTHON"], tiny_dir, run / "out", a.steps, a.save_every)
             prompts = json.loads((Path(tiny_dir) / "tiny_sd.json").read_text())["prompts_file"]
             kw = dict(sd_scripts=Path(os.environ["KOHYA_SD_SCRIPTS"]), python=os.environ["KOHYA_SD_PYTHON"], timeout=3600)
             env = {"PYTHONPATH": str(h.working_tree_overlay(root, os.environ["KOHYA_SD_PYTHON"]))}

@@ -1,8 +1,5 @@
 """Metric validity: does the consistency score see what studios care about? (issue 3, docs/validity.md)
 
-Usage:
-    python bench/validity.py [--grid ../shared/data/tadne/grid.jpg] [--cache /tmp/kohya_validity] [--threads 2]
-
 One synthetic "character" per TADNE portrait. Every image variant is detected
 once with nvxs and cached under --cache (a rerun only re-analyses). Characters
 on even tiles tune the formula, odd tiles report it. Ratios are recomputed from
@@ -33,16 +30,19 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from metrics import blocks  # bench/metrics.py, bench/real_export.py (the script's folder is on sys.path)
+from real_export import set_ratios
+
 from kohya_ext.color import color_distances, face_colors, rgb_to_lab
 from kohya_ext.backends.base import ImageFaces
 from kohya_ext.measure import ImageMeasurement, measure_faces
 from kohya_ext.phash import copy_hashes, hamming
-from kohya_ext.ratios import RATIO_NAMES, ExclusionRules, compute_ratios
+from kohya_ext.ratios import RATIO_NAMES, ExclusionRules
 from kohya_ext.reference import POPULATION_STD, ReferenceStats
+from kohya_ext.demo import grid_tiles
 from kohya_ext.comparison import MEMORIZATION_FACE_HAMMING, MEMORIZATION_HAMMING, compare, is_near_copy, reference_face_hashes, reference_hashes
 from kohya_ext.similarity import BACKEND_RATIO_WEIGHTS
 
-TILE = 512
 CACHE_VERSION = 1
 NVXS_RATIOS = tuple(r for r in RATIO_NAMES if r != "eyebrow_height_ratio")
 
@@ -349,10 +349,7 @@ class Store:
         m = ImageMeasurement.from_dict(d["m"])
         extra = None
         if m.points is not None and m.status != "no_face":
-            rb = compute_ratios("nvxs", np.asarray(m.points)[None], np.ones((1, len(m.points))), np.asarray(m.face_box)[None], ExclusionRules())
-            reason = rb.face_excluded[0]
-            m.status = "ok" if reason is None else reason.replace(" ", "_")
-            m.ratios = {n: (float(rb.values[0, j]) if rb.valid[0, j] else None) for j, n in enumerate(RATIO_NAMES)}
+            set_ratios([m], "nvxs")
             if m.status == "ok":
                 L = _lengths(m.points, m.face_box)
                 extra = {n: fn(L) for n, fn in CANDIDATE_RATIOS.items()}
@@ -452,10 +449,6 @@ class Production:
 
 
 # --- experiments ------------------------------------------------------------------------------------
-def blocks(names: tuple[str, ...], n: int) -> list[tuple[str, ...]]:
-    return [names[k : k + n] for k in range(0, len(names) - n + 1, n)]
-
-
 @dataclass
 class Half:
     name: str
@@ -627,8 +620,7 @@ def hamming_distribution(half: Half, face: bool = False) -> tuple[np.ndarray, np
 def load_tiles(grid_path: Path) -> list[np.ndarray]:
     from kohya_ext.images import load_image
 
-    g = load_image(grid_path)
-    return [g[r : r + TILE, c : c + TILE].copy() for r in range(0, g.shape[0], TILE) for c in range(0, g.shape[1], TILE)]
+    return grid_tiles(load_image(grid_path))
 
 
 def candidates() -> list[Formula]:

@@ -1,10 +1,5 @@
 """Real-drawing benchmark (issue 9): does the score, and the copy gate, hold on genuine art?
 
-Usage:
-    python bench/validity_real.py DIR [--cache ~/.cache/kohya_validity_real] [--threads 2]
-                                      [--refs 16] [--new 32] [--copies 8] [--detect-only]
-                                      [--export tests/data/validity_real.json.gz]
-
 DIR holds ``<character>/<images>``: several genuinely different drawings per
 character (tuning data: github:Sytwu/Anime-Face-Recognition, ``face_dataset/``).
 See bench/real_data.py for selection, presentations and copy edits, and
@@ -92,17 +87,12 @@ RETRY_MODES = ("padsmall", "mirror", "pad")
 
 
 def detect_all(args, chars, renderer, cache, retry_modes=RETRY_MODES) -> None:
-    base, cps = keys_for(chars, args.copies)
-    for pres in rd.PRESENTATIONS:
-        cache.ensure(renderer, [k for k in base if k.presentation == pres])
-    for mode in retry_modes:
-        missed = [k for k in base if not cache.get(k).faces and (mode != "pad" or k.presentation == "tight")]
-        cache.ensure(renderer, missed, mode=mode)
-    for pres in rd.PRESENTATIONS:
-        cache.ensure(renderer, [k for k in cps if k.presentation == pres])
-    for mode in retry_modes:
-        missed = [k for k in cps if not cache.get(k).faces and (mode != "pad" or k.presentation == "tight")]
-        cache.ensure(renderer, missed, mode=mode)
+    for keys in keys_for(chars, args.copies):  # the drawings first, then their copies
+        for pres in rd.PRESENTATIONS:
+            cache.ensure(renderer, [k for k in keys if k.presentation == pres])
+        for mode in retry_modes:
+            missed = [k for k in keys if not cache.get(k).faces and (mode != "pad" or k.presentation == "tight")]
+            cache.ensure(renderer, missed, mode=mode)
 
 
 def export(path: Path, bench: ev.Bench, chain: str, identity: dict, gate_presentations: list[str], copies: int,

@@ -21,8 +21,6 @@ def summary(row: dict | None) -> dict | None:
     return None if row is None else {k: row.get(k) for k in SUMMARY_KEYS}
 
 
-
-
 class BestCheckpoint:
     """``{output_name}-best``: crowned by score (``decisions.crown``), copied from kohya's file of
     the evaluated step (now, or when kohya writes it right after the hook), or saved from the

@@ -7,12 +7,7 @@ The public API (imported on first use, so ``import kohya_ext`` stays light)::
     report = scorer.score_paths(["samples/"])               # a ConsistencyReport
     print(report.format_text(), report.score)
 
-- ``Scorer``: a reference and a backend; scores image files or in-memory RGB arrays.
-- ``load_references`` / ``build_reference`` / ``ReferenceStats``: reference statistics
-  (``ReferenceStats.load("ref.json")``, ``.save(path)``).
-- ``ConsistencyReport`` and ``compare(reference, measurements)``: the comparison and its report.
-- ``BackendSpec`` and ``BACKEND_NAMES`` (``auto``, ``hrnet``, ``nvxs``): the backend choice.
-- ``KohyaExtError``: every user-facing error (one line naming the thing and the fix).
+The public names are ``__all__`` (README.md, "Library"); ``KohyaExtError`` is every user-facing error.
 """
 
 from __future__ import annotations

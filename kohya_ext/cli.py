@@ -239,9 +239,8 @@ def cmd_check_config(args) -> int:
     return EXIT_ERROR if result.problems else 0
 
 
-COMMANDS = {"reference": cmd_reference, "score": cmd_score, "demo": cmd_demo}
-COMMANDS.update(rank=cmd_rank, compare=cmd_compare, report=cmd_report)
-COMMANDS["check-config"] = cmd_check_config
+COMMANDS = {"reference": cmd_reference, "score": cmd_score, "demo": cmd_demo, "rank": cmd_rank, "compare": cmd_compare,
+            "report": cmd_report, "check-config": cmd_check_config}
 
 
 def main(argv: list[str] | None = None) -> int:

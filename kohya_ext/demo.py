@@ -10,6 +10,7 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from .errors import KohyaExtError
@@ -40,13 +41,18 @@ def find_grid(explicit: str | None, out: Path) -> Path:
     return target
 
 
+def grid_tiles(grid: np.ndarray) -> list[np.ndarray]:
+    """The TILE x TILE portraits of a grid image, row by row (copies)."""
+    return [grid[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE].copy()
+            for r in range(grid.shape[0] // TILE) for c in range(grid.shape[1] // TILE)]
+
+
 def split_grid(grid_path: Path, out: Path) -> tuple[Path, Path]:
     """Write the first half of the tiles to out/reference, the second half to out/samples."""
     grid = load_image(grid_path)
-    rows, cols = grid.shape[0] // TILE, grid.shape[1] // TILE
-    if rows * cols < 2:
+    tiles = grid_tiles(grid)
+    if len(tiles) < 2:
         raise KohyaExtError(f"{grid_path}: expected a grid of {TILE}x{TILE} portraits, got {grid.shape[1]}x{grid.shape[0]} px")
-    tiles = [grid[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] for r in range(rows) for c in range(cols)]
     ref_dir, smp_dir = out / "reference", out / "samples"
     for d in (ref_dir, smp_dir):
         d.mkdir(parents=True, exist_ok=True)

@@ -11,13 +11,9 @@ import sys
 from .errors import KohyaExtError
 
 
-def is_script(arg: str) -> bool:
-    return arg.endswith(".py")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or not is_script(argv[0]):
+    if not argv or not argv[0].endswith(".py"):
         print("usage: python -m kohya_ext SCRIPT.py [sd-scripts arguments] --consistency [--consistency_* ...]", file=sys.stderr)
         return 2
     from kohya_ext.patches.sd_scripts import run

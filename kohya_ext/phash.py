@@ -6,7 +6,6 @@ import numpy as np
 from PIL import Image
 
 
-
 def _dct_matrix(n: int) -> np.ndarray:
     k = np.arange(n)[:, None]
     i = np.arange(n)[None, :]
@@ -49,7 +48,6 @@ def phash_mirror(image: np.ndarray) -> str:
     memorisation gate compares samples with both hashes of each training image.
     """
     return phash(np.ascontiguousarray(np.asarray(image)[:, ::-1]))
-
 
 
 #: A border counts as a plain canvas when this share of its pixels lies within CANVAS_TOLERANCE

@@ -19,9 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .toml_compat import flatten_config_checked, tomllib
-
 from .errors import KohyaExtError
+from .toml_compat import flatten_config_checked, tomllib
 
 #: Preset file-name prefix -> the sd-scripts script it is written for.
 SCRIPT_BY_PREFIX = {

@@ -1,10 +1,4 @@
-"""The public entry point: a reference (folder, kohya dataset, or ref.json) + samples -> report.
-
-    from kohya_ext import Scorer
-    scorer = Scorer("train/10_sks girl", backend="auto")
-    report = scorer.score_paths(["sample/a.png", "sample/b.png"])
-    print(report.format_text())
-"""
+"""The public entry point: a reference (folder, kohya dataset, or ref.json) + samples -> report (example: kohya_ext)."""
 
 from __future__ import annotations
 
@@ -16,7 +10,6 @@ import numpy as np
 from .backends import BackendSpec
 from .comparison import compare
 from .datasets import ImageGroup, resolve_image_groups
-
 from .images import list_images
 from .measure import ImageMeasurement, measure_arrays, measure_files
 from .ratios import ExclusionRules

@@ -8,15 +8,11 @@ Contract (fixed; what goes inside is tuned by bench/validity.py, docs/validity.m
 - it is stored with its backend and formula version (`score_version`); scores of
   different backends or versions are never compared.
 
-Formula (v4, same form as v3, weights refit on real drawings: docs/validity.md):
-score = detection_rate * exp(-d^2 / 2), where d is the weighted mean of capped |z|
-over the measured ratios and, when both sides have colours, the hair and iris
-colour distances (kohya_ext.color.color_distances) and the hair-region colour
-histogram distance (kohya_ext.color.hist_distance, "hair_hist"), all in reference
-spread units. Per-backend weights (BACKEND_RATIO_WEIGHTS, BACKEND_COLOR_WEIGHTS)
-are printed by bench/fit_constants.py from a measurement file of
-bench/validity_real.py. Memorisation is NOT in the score: it is a separate gate
-(kohya_ext.comparison.memorization_share) reported beside it.
+Formula (v4, same form as v3, weights refit on real drawings: docs/validity.md): score = detection_rate *
+exp(-d^2 / 2), d = the weighted mean of capped |z| over the measured ratios and, when both sides have colours,
+the colour distances (kohya_ext.color: color_distances for hair and iris, hist_distance for "hair_hist"), all in
+reference spreads. The per-backend weights are printed by bench/fit_constants.py (from bench/validity_real.py's
+measurements). Memorisation is NOT in the score: it is a separate gate (comparison.memorization_share).
 """
 
 from __future__ import annotations
@@ -64,23 +60,15 @@ BACKEND_COLOR_WEIGHTS: dict[str, dict[str, float]] = {
 }
 
 
-def color_weights(backend: str | None) -> dict[str, float]:
-    return BACKEND_COLOR_WEIGHTS.get(backend or "", {})
-
-
 def score_version(backend: str, with_color: bool = True) -> str:
     """Version tag stored with every score; geometry-only scores (no colours on one side) are tagged apart."""
     return f"{backend}-v{SCORE_VERSION}" + ("" if with_color else "-geometry")
 
 
-def ratio_weights(backend: str | None) -> dict[str, float]:
-    return BACKEND_RATIO_WEIGHTS.get(backend or "", RATIO_WEIGHTS)
-
-
 def geometry_distance(z_by_ratio: dict[str, float], backend: str | None = None, color_z: dict[str, float | None] | None = None) -> float | None:
     """Weighted mean of capped |z| over the ratios that could be measured (and colour parts, if given); None when none."""
-    weights = ratio_weights(backend)
-    cw = color_weights(backend)
+    weights = BACKEND_RATIO_WEIGHTS.get(backend or "", RATIO_WEIGHTS)
+    cw = BACKEND_COLOR_WEIGHTS.get(backend or "", {})
     bad = [k for k, z in [*z_by_ratio.items(), *(color_z or {}).items()] if z is not None and not math.isfinite(z)]
     if bad:  # a NaN dropped here would leave a confident score on the rest; the inputs are damaged
         raise KohyaExtError(f"cannot score: {', '.join(bad)} came out non-finite (a reference or sample measurement "

@@ -365,13 +365,11 @@ def install_instance_hooks(trainer: Any, run: Any, surface: KohyaSurface) -> Non
         # ours too, then put the user's value back (their own sampling is unchanged).
         trace("cache_text_encoder_outputs_if_needed", None, None, (args, accelerator, unet, vae, text_encoders, dataset, weight_dtype))
         user = args.sample_prompts
-        if run.prompt_file is None:  # nothing of ours to render
-            return orig_cache(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
-        try:
-            args.sample_prompts = str(cache_prompt_file(run.prompt_file, user, surface.fns.load_prompts, run.folder / "prompts-to-cache.json"))
-        except Exception as e:  # never block training over our prompts
-            say(f"could not add the evaluation prompts to the prompt cache: {e}")
-            return orig_cache(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
+        if run.prompt_file is not None:  # else nothing of ours to render
+            try:
+                args.sample_prompts = str(cache_prompt_file(run.prompt_file, user, surface.fns.load_prompts, run.folder / "prompts-to-cache.json"))
+            except Exception as e:  # never block training over our prompts
+                say(f"could not add the evaluation prompts to the prompt cache: {e}")
         try:
             return orig_cache(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
         finally:

@@ -123,14 +123,7 @@ import kohya_ext
 where = Path(kohya_ext.__file__).parent
 assert "site-packages" in where.parts, f"kohya_ext imported from {where}, not from the venv's site-packages"
 msg = f"kohya_ext {kohya_ext.__version__} from {where}"
-try:
-    from kohya_ext.backends.nvxs import NvxsBackend
-except ModuleNotFoundError as e:
-    if e.name != "kohya_ext.backends.nvxs":
-        raise
-    import animeface  # the nvxs backend is not written yet: at least its wheel must import
-    print(msg + f"; nvxs backend absent, animeface {animeface.__file__} imports")
-    sys.exit(0)
+from kohya_ext.backends.nvxs import NvxsBackend
 backend = NvxsBackend(threads=1)
 grid = Path(sys.argv[1])
 if grid.exists():

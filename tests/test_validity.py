@@ -25,6 +25,7 @@ from kohya_ext.similarity import consistency_score
 
 pytest.importorskip("animeface", reason="nvxs needs the animeface wheel (Linux x86-64)")
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench modules import each other by plain import
 _spec = importlib.util.spec_from_file_location("validity_bench", Path(__file__).resolve().parents[1] / "bench" / "validity.py")
 bench = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("validity_bench", bench)  # dataclasses look their module up there

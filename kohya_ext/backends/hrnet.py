@@ -36,21 +36,10 @@ from torch import nn
 from .base import Face, ImageFaces, check_sizes
 from ..errors import ImageError, KohyaExtError
 from ..landmarks import HRNET_POINTS, flip_permutation
-from .weights import WeightFile, load_state_dict_strict, models_for, resolve_weights
+from .weights import WeightFile, hrnet_weights, load_state_dict_strict
 
-__all__ = [
-    "FaceCrops",
-    "HrnetBackend",
-    "PackedImages",
-    "boxes_to_center_scale",
-    "decode_heatmaps",
-    "flip_back_heatmaps",
-    "fold_batchnorm",
-    "hrnet_identity",
-    "resize_like_cv2",
-    "scale_boxes",
-    "warp_crops",
-]
+__all__ = ["FaceCrops", "HrnetBackend", "PackedImages", "boxes_to_center_scale", "decode_heatmaps",
+           "flip_back_heatmaps", "fold_batchnorm", "hrnet_identity", "resize_like_cv2", "scale_boxes", "warp_crops"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +52,6 @@ IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 MODULATE_KERNEL = 11  # DARK's Gaussian modulation kernel (sigma 2)
 PAD_SIZE_DIVISOR = 32  # mmdet test pipeline
-DETECTORS = ("yolov3", "faster-rcnn")
 PACKAGE = "anime-face-detector 0.1.0"
 INSTALL_HINT = "the hrnet backend needs anime-face-detector 0.1.0: run scripts/install.sh, or use --backend nvxs"
 
@@ -438,11 +426,7 @@ class HrnetBackend:
         self.box_scale_factor = float(box_scale_factor)
         self.min_face_score = float(min_face_score)
         self.optimize = bool(optimize)
-        models = models_for(face_detector)
-        explicit = {"hrnetv2": landmark_weights}
-        if face_detector is not None:
-            explicit[face_detector] = detector_weights
-        self.weights: dict[str, WeightFile] = resolve_weights(models, explicit)
+        self.weights: dict[str, WeightFile] = hrnet_weights(face_detector, landmark_weights, detector_weights)
 
         # the package's own classes, loaded with strict keys, then prepared for speed in place
         self.landmark_net = _landmark.LandmarkModel()
@@ -656,8 +640,5 @@ def hrnet_identity(
 
     Runtime-only options (device, batch_size, optimize) do not change the points and are ignored.
     """
-    models = models_for(face_detector)
-    explicit = {"hrnetv2": landmark_weights}
-    if face_detector is not None:
-        explicit[face_detector] = detector_weights
-    return _identity(resolve_weights(models, explicit), face_detector, flip_test, box_scale_factor, min_face_score)
+    return _identity(hrnet_weights(face_detector, landmark_weights, detector_weights), face_detector, flip_test,
+                     box_scale_factor, min_face_score)

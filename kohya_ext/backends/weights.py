@@ -35,26 +35,9 @@ from typing import Iterable, Mapping
 
 from ..errors import KohyaExtError, WeightsNotFoundError
 
-__all__ = [
-    "DIR_ENV",
-    "ENV_VARS",
-    "HF_REPOS",
-    "MODEL_NAMES",
-    "PINS",
-    "Pin",
-    "WeightFile",
-    "WeightsChecksumError",
-    "WeightsFileError",
-    "WeightsMismatchError",
-    "check_pin",
-    "file_sha256",
-    "find_weights",
-    "hrnet_weights_status",
-    "load_state_dict_strict",
-    "models_for",
-    "resolve_weights",
-    "sniff_weights_format",
-]
+__all__ = ["DIR_ENV", "ENV_VARS", "HF_REPOS", "MODEL_NAMES", "PINS", "Pin", "WeightFile", "WeightsChecksumError",
+           "WeightsFileError", "WeightsMismatchError", "check_pin", "file_sha256", "find_weights",
+           "hrnet_weights_status", "load_state_dict_strict", "models_for", "resolve_weights", "sniff_weights_format"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,11 +174,6 @@ def file_sha256(path: str | Path) -> str:
 
 
 # --- finding files -----------------------------------------------------------------------
-def _check_model(model: str) -> None:
-    if model not in MODEL_NAMES:
-        raise KohyaExtError(f"unknown hrnet model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
-
-
 def models_for(face_detector: str | None) -> tuple[str, ...]:
     """The models the hrnet backend needs with this face detector (None: landmarks only)."""
     if face_detector is None:
@@ -287,7 +265,8 @@ def find_weights(model: str, explicit: str | Path | None = None, download: bool 
     Raises WeightsNotFoundError when an explicit path or environment variable names a
     file that does not exist. Downloads only when ``download`` is true.
     """
-    _check_model(model)
+    if model not in MODEL_NAMES:
+        raise KohyaExtError(f"unknown hrnet model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
     if explicit:
         return WeightFile(model, _existing(explicit, model, FLAGS[model]), "argument")
     env = ENV_VARS[model]
@@ -344,6 +323,15 @@ def resolve_weights(
     return found
 
 
+def hrnet_weights(face_detector: str | None, landmark_weights: str | Path | None = None,
+                  detector_weights: str | Path | None = None, download: bool = True) -> dict[str, WeightFile]:
+    """The weight files the hrnet backend needs with ``face_detector`` (None: landmarks only)."""
+    explicit = {"hrnetv2": landmark_weights}
+    if face_detector is not None:
+        explicit[face_detector] = detector_weights
+    return resolve_weights(models_for(face_detector), explicit, download)
+
+
 def hrnet_weights_status(
     landmark_weights: str | Path | None = None,
     detector_weights: str | Path | None = None,
@@ -355,11 +343,7 @@ def hrnet_weights_status(
     except ImportError:
         return False, "anime-face-detector 0.1.0 is not installed (scripts/install.sh installs it)"
     try:
-        models = models_for(face_detector)
-        explicit = {"hrnetv2": landmark_weights}
-        if face_detector is not None:
-            explicit[face_detector] = detector_weights
-        found = resolve_weights(models, explicit, download=False)
+        found = hrnet_weights(face_detector, landmark_weights, detector_weights, download=False)
     except KohyaExtError as e:
         return False, str(e)
     return True, "; ".join(f"{m}: {wf.path} ({wf.source})" for m, wf in found.items())

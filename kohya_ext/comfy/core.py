@@ -1,20 +1,10 @@
 """What the ComfyUI nodes do, without ComfyUI: tensors in, the scorer's objects and tensors out.
 
-Everything here works on plain torch tensors in ComfyUI's IMAGE layout
-([B, H, W, C] float in 0..1) so it can be tested and benchmarked without a
-ComfyUI installation; kohya_ext.comfy.nodes wraps it in ComfyUI's node API.
-
-- References come from the same sources as the CLI's (``ref.json``, folder,
-  kohya ``train_data_dir``, dataset config TOML) and are measured through the
-  CLI's on-disk measurement cache; built references are also kept in memory,
-  keyed by the source's file stats, so a queue run does not rebuild them. Given
-  ``roots`` (the nodes always give them), paths are confined to those folders and
-  walks are capped (kohya_ext.comfy.folders); without, they read as the CLI does.
-- Batches are measured once per (pixels, backend): the consistency node and the
-  gate fed the same IMAGE output share the measurement.
-- The set score is kohya_ext.comparison.compare on the batch (the same number as
-  ``kohya-ext score`` on the same pixels); per-image scores are
-  kohya_ext.image_score.
+Everything here works on plain torch tensors in ComfyUI's IMAGE layout ([B, H, W, C] float in 0..1)
+so it can be tested and benchmarked without a ComfyUI installation; kohya_ext.comfy.nodes wraps it in
+ComfyUI's node API. Built references and measured batches are kept in memory (reference_from_path,
+measure_tensor say for how long). The set score is kohya_ext.comparison.compare on the batch (the
+same number as ``kohya-ext score`` on the same pixels); per-image scores are kohya_ext.image_score.
 """
 
 from __future__ import annotations
@@ -288,7 +278,7 @@ def reference_from_images(
     arrays = batch_arrays(as_batches(images))
     if not arrays:
         raise KohyaExtError("the reference image batch is empty: connect images that show the character's face")
-    spec = _concrete(spec)
+    spec.name  # resolve auto now (and say which), not in the middle of a measurement
     measurements = measure_tensor(images, spec, rules, arrays=arrays, progress=progress)
     stats = ReferenceStats(
         backend=spec.identity(), rules=rules.as_dict(), measurements=[ImageMeasurement.from_dict(m.to_dict()) for m in measurements],
@@ -297,11 +287,6 @@ def reference_from_images(
     )
     stats.check_usable()
     return CharacterReference(stats, spec, rules, f"{len(arrays)} images from the workflow")
-
-
-def _concrete(spec: BackendSpec) -> BackendSpec:
-    spec.name  # resolve auto now (and say which), not in the middle of a measurement
-    return spec
 
 
 # -- measuring batches ----------------------------------------------------------------------------

@@ -1,18 +1,11 @@
 """Which folders the "Character reference" node may read (docs/comfyui.md, "Folder rules").
 
-On a shared ComfyUI server the node's path is typed by whoever writes the workflow, so it
-must not reach the host's other files. The node reads only under the allowed roots:
-
-- ComfyUI's input folder (``folder_paths.get_input_directory()``);
-- the folders ComfyUI knows under the name ``kohya_ext_references``: ``models/kohya_ext_references``
-  (registered here the way node packs register model folders) plus any that
-  ``extra_model_paths.yaml`` lists under that name;
-- the folders in ``$KOHYA_EXT_COMFY_ALLOWED_DIRS`` (``os.pathsep``-separated), set by the server owner.
-
-A path is typed relative to a root (an absolute path is taken when its real path lies inside
-one). Everything refused and everything not found gives one message (:func:`refused`), so the
-answer never tells whether a path outside the roots exists. Folder walks are capped
-(:data:`MAX_IMAGES`, :data:`MAX_DEPTH`, :data:`MAX_ENTRIES`) and stop at the first excess.
+On a shared ComfyUI server the node's path is typed by whoever writes the workflow, so it must not
+reach the host's other files: it reads only under the allowed roots (ComfyUI's input folder, the
+folders ComfyUI knows as ``kohya_ext_references``, registered here, and ``$KOHYA_EXT_COMFY_ALLOWED_DIRS``).
+Everything refused and everything not found gives one message (:func:`refused`), so the answer never
+tells whether a path outside the roots exists. Folder walks are capped (:data:`MAX_IMAGES`,
+:data:`MAX_DEPTH`, :data:`MAX_ENTRIES`) and stop at the first excess.
 
 :func:`image_groups` is kohya_ext.datasets.resolve_image_groups walked by :class:`ConfinedWalker`
 (same groups, names, paths and order as the CLI's, which walks unconfined).

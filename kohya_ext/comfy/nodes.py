@@ -1,16 +1,6 @@
-"""The ComfyUI nodes (ComfyUI's V3 node API: comfy_api.latest, io.ComfyNode, comfy_entrypoint).
-
-Four nodes, category "kohya-ext":
-
-- Character reference (kohya-ext): path (folder, kohya train_data_dir, dataset
-  config .toml or ref.json, as ``kohya-ext score --reference`` takes) -> CHARACTER_REFERENCE.
-  The path is confined to the allowed folders (kohya_ext.comfy.folders).
-- Character reference from images (kohya-ext): IMAGE batch -> CHARACTER_REFERENCE.
-- Character consistency (kohya-ext): IMAGE + reference -> set score (FLOAT, the number
-  ``kohya-ext score`` gives for the same pixels), report (STRING, en/ko), per-image
-  results (STRING, JSON), overlays (IMAGE).
-- Consistency gate (kohya-ext): IMAGE + reference + threshold -> passed IMAGE, failed
-  IMAGE, their indices, verdicts (JSON) and counts.
+"""The four ComfyUI nodes of category "kohya-ext" (ComfyUI's V3 node API: comfy_api.latest, io.ComfyNode,
+comfy_entrypoint); their inputs and outputs are the schemas below, their work is kohya_ext.comfy.core, and a
+reference path is confined to the allowed folders (kohya_ext.comfy.folders).
 
 Errors are kohya-ext's one-line messages, raised as node errors (ComfyUI shows the
 message on the node and carries on serving). Measuring reports progress on the

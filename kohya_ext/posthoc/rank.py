@@ -16,7 +16,7 @@ from typing import Any
 
 from ..backends import BackendSpec
 from ..errors import KohyaExtError
-from ..io_utils import atomic_save_image, atomic_write_text, dumps_json
+from ..io_utils import atomic_save_image, atomic_write_text, dumps_json, unwritable
 from ..ratios import FORMULA_VERSION, RATIO_NAMES
 from ..training.decisions import is_memorized
 from ..training.leaderboard import COLUMNS, FOLDER, JSON_NAME, Leaderboard
@@ -51,19 +51,6 @@ class RankResult:
         return max(self.rows, key=lambda r: r.get("eval") or 0, default=None)
 
 
-def unwritable(folder: Path) -> str | None:
-    """Why files cannot be written into ``folder`` (created if missing), or None when they can."""
-    import tempfile
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
-
-
 def rank_key(row: dict[str, Any]) -> tuple:
     """Scored before failed, clean before memorised, higher score first (a run watching only the validation loss:
     lower loss first), earlier step on ties."""
@@ -72,11 +59,7 @@ def rank_key(row: dict[str, Any]) -> tuple:
             -score if score is not None else val if val is not None else 0.0, row.get("eval") or 0)
 
 
-def _leaderboard_path(output_dir: Path) -> Path:
-    return output_dir / FOLDER / JSON_NAME
-
-
-def _images_in(folder: Path) -> int:
+def images_in(folder: Path) -> int:
     return sum(1 for p in folder.glob("*.png") if p.name != "overlay_grid.png") if folder.is_dir() else 0
 
 
@@ -107,7 +90,7 @@ def rank_run(
     why = unwritable(out)
     if why:  # said before any scoring, not as a traceback halfway through
         raise KohyaExtError(f"cannot write the ranking into {out} ({why}): pass --out DIR, a folder you can write to")
-    lb_path = _leaderboard_path(output_dir)
+    lb_path = output_dir / FOLDER / JSON_NAME
     if lb_path.exists() and not rescore:
         result = _from_leaderboard(output_dir, lb_path, out)
         if reference is not None:
@@ -138,7 +121,7 @@ def _from_leaderboard(output_dir: Path, lb_path: Path, out: Path) -> RankResult:
     if best is not None and board.best_file is not None and held.get("eval") != best.get("eval"):
         warnings.append(f"{board.best_file['file']} does not hold the best evaluation ({point_label(best)}): "
                         f"{board.best_file.get('error') or 'not copied'}")
-    counts = [_images_in(lb_path.parent / r["images_dir"]) for r in rows if r.get("images_dir") and r.get("status") == "ok"]
+    counts = [images_in(lb_path.parent / r["images_dir"]) for r in rows if r.get("images_dir") and r.get("status") == "ok"]
     n = min((c for c in counts if c), default=None)
     res = RankResult(sorted(rows, key=rank_key), "leaderboard", out, lb_path.parent,
                      reference=(board.meta.get("options") or {}).get("consistency_reference"), images_per_point=n)

@@ -29,7 +29,7 @@ from ..training.leaderboard import FOLDER, Leaderboard
 from ..training.messages import measured
 from . import run_info
 from .compare_runs import ranked
-from .rank import MIN_STEADY_IMAGES, point_label, rank_key
+from .rank import MIN_STEADY_IMAGES, images_in, point_label, rank_key
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ def collect(run_dir: str | Path, logging_dir: str | Path | None = None, referenc
 
 
 def _leaderboard_warnings(rows: list[dict[str, Any]], folder: Path) -> list[str]:
-    counts = [sum(1 for p in (folder / r["images_dir"]).glob("*.png") if p.name != "overlay_grid.png")
-              for r in rows if r.get("images_dir") and (folder / r["images_dir"]).is_dir()]
+    counts = [images_in(folder / r["images_dir"]) for r in rows if r.get("images_dir")]
     n = min((c for c in counts if c), default=None)
     out = []
     if n is not None and n < MIN_STEADY_IMAGES:

@@ -44,17 +44,12 @@ def best_metadata(row: dict) -> dict[str, str]:
     }
 
 
-def _tmp_in(folder: Path, name: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    return tmp
-
-
 def copy_with_metadata(src: str | Path, dst: str | Path, extra: dict[str, str]) -> Path:
     """Copy a checkpoint to ``dst`` atomically; safetensors get ``extra`` merged into their
     metadata, other formats get a ``<dst>.json`` side file holding it."""
     src, dst = Path(src), Path(dst)
-    tmp = _tmp_in(dst.parent, dst.name)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
     try:
         if src.suffix == ".safetensors":
             with safe_open(str(src), framework="pt") as f:

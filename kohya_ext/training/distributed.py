@@ -1,18 +1,11 @@
 """Rank agreement at an evaluation: a barrier and a broadcast from rank 0 that reach every rank.
 
-accelerate's helpers (``Accelerator.wait_for_everyone``, ``accelerate.utils.broadcast_object_list``)
-act only when its ``distributed_type`` names a distributed run. Since accelerate 1.13.0 a CPU-only
-run launched by torchrun without ``Accelerator(cpu=True)`` (sd-scripts never passes it) is typed
-``NO`` although accelerate has initialised the process group itself (when a backend is given, as
-``InitProcessGroupKwargs(backend="gloo")`` does) and reports ``num_processes`` 2: both helpers then
-return at once on every rank, so rank 1 neither waits for rank 0's scoring nor hears its stop
-decision. (1.12 and earlier typed the same run ``MULTI_CPU``.) In that case the collectives go
-through ``torch.distributed`` directly, on the group accelerate created. Without a backend
-(sd-scripts gives one only with several CUDA devices) accelerate >= 1.13 on a CPU-only machine does
-not create the group at all: every process trains alone, as a single-process run of its own
-(``num_processes`` 1, its own main process, the whole dataset). Nothing can make those agree;
-kohya-ext says so once and runs no collective (mode ``none``). GPU runs are typed ``MULTI_GPU`` by
-every version and keep using accelerate's helpers.
+accelerate's helpers (``wait_for_everyone``, ``broadcast_object_list``) act only when its ``distributed_type``
+names a distributed run. Since accelerate 1.13.0 a CPU-only torchrun launch is typed ``NO`` although
+accelerate made a process group (the helpers then return at once on every rank, so the collectives go
+through ``torch.distributed`` on that group), or, without a backend, makes no group at all: every process
+trains alone, nothing can make them agree, and kohya-ext says so once (mode ``none``). GPU runs keep
+accelerate's helpers. The whole account: docs/training.md, "accelerate versions".
 
 The path is chosen from values every rank computes alike (accelerate's type and process count, the
 group's world size), so every rank takes the same one: no rank waits in a collective that another

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +22,7 @@ from typing import Any, Callable
 from ..callbacks import BestCheckpoint, ConsistencyEvaluator, EarlyStopping
 from ..callbacks.best_checkpoint import summary
 from ..errors import KohyaExtError
-from ..io_utils import atomic_write_text, dumps_json
+from ..io_utils import atomic_write_text, dumps_json, unwritable
 from . import decisions, messages, resume
 from .best import best_name
 from .early_stop import StopConfig
@@ -60,13 +59,10 @@ def prepare_folder(output_dir: Any) -> Path:
     if not output_dir:
         raise KohyaExtError("--consistency needs --output_dir (evaluations are kept under output_dir/consistency)")
     folder = Path(output_dir) / FOLDER
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise KohyaExtError(f"{folder}: cannot write there ({e.strerror or e}): --output_dir must be a folder you can write to "
-                            f"(sd-scripts saves its checkpoints there too)") from None
+    why = unwritable(folder)
+    if why:
+        raise KohyaExtError(f"{folder}: cannot write there ({why}): --output_dir must be a folder you can write to "
+                            f"(sd-scripts saves its checkpoints there too)")
     return folder
 
 
@@ -174,16 +170,9 @@ class TrainingRun:
         self.evaluated_steps.add(global_step)
         cum = self.step_offset + global_step
         render_dir, seconds, error = self.evaluator.render(render, cum)
-        ranks = self._rank_sync(accelerator)
-        ranks.barrier(accelerator)  # every rank's images are written
-        decision = None
-        if self.is_main:
-            try:
-                decision = self._evaluate(accelerator, args, kind, epoch, global_step, cum, render_dir, seconds, error)
-            except Exception as e:  # the other ranks wait in the broadcast: always reach it
-                logger.exception("kohya-ext: recording the evaluation at step %d failed, training goes on: %s: %s",
-                                 global_step, type(e).__name__, e)
-        message = ranks.broadcast(decision)
+        self._rank_sync(accelerator).barrier(accelerator)  # every rank's images are written
+        message = self._decided_on_main(accelerator, "the evaluation", global_step, lambda: self._evaluate(
+            accelerator, args, kind, epoch, global_step, cum, render_dir, seconds, error))
         if message:
             self.stop_message = message
             if epoch is None:
@@ -215,14 +204,8 @@ class TrainingRun:
         After a stop (known alike on every rank) the validations sd-scripts still runs before leaving are not counted."""
         if not self.opts.watches_val_loss or self.stop_message is not None:
             return
-        decision = None
-        if self.is_main:
-            try:
-                decision = self._validation(self.args)
-            except Exception as e:  # the other ranks wait in the broadcast: always reach it
-                logger.exception("kohya-ext: recording the validation loss at step %d failed, training goes on: %s: %s",
-                                 self.current_step, type(e).__name__, e)
-        message = self._rank_sync(self.accelerator).broadcast(decision)
+        message = self._decided_on_main(self.accelerator, "the validation loss", self.current_step,
+                                        lambda: self._validation(self.args))
         if message:
             self.stop_message = message
             # leaves kohya's step loop at this step; the epoch-end sample hook then raises EarlyStopped
@@ -269,6 +252,17 @@ class TrainingRun:
             if self.ranks.world > 1 and self.is_main:
                 messages.say(self.ranks.describe())
         return self.ranks
+
+    def _decided_on_main(self, accelerator: Any, what: str, step: int, decide: Callable[[], str | None]) -> str | None:
+        """``decide()`` on the main process, its stop message (or None) broadcast to every rank."""
+        decision = None
+        if self.is_main:
+            try:
+                decision = decide()
+            except Exception as e:  # the other ranks wait in the broadcast: always reach it
+                logger.exception("kohya-ext: recording %s at step %d failed, training goes on: %s: %s",
+                                 what, step, type(e).__name__, e)
+        return self._rank_sync(accelerator).broadcast(decision)
 
     def _start_trackers(self, accelerator: Any, args: Any) -> None:
         self.trackers = Trackers(accelerator)
