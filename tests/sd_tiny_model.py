@@ -391,6 +391,16 @@ def _sd_scripts(sd_scripts: str | os.PathLike | None) -> Path:
     return path
 
 
+def _model_folder(out_dir: str | os.PathLike, seed: int) -> tuple[Path, Path]:
+    """(root, root/model), created, with torch seeded: how every DiT family's build starts."""
+    import torch
+
+    root = Path(out_dir).resolve()
+    (root / "model").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    return root, root / "model"
+
+
 def _loader_kwargs(module, class_name: str, load) -> dict:
     """The keyword arguments sd-scripts' loader `load()` builds `module.<class_name>` with.
 
@@ -482,10 +492,7 @@ def build_tiny_anima(
     from library import anima_models, anima_utils, qwen_image_autoencoder_kl
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    root = Path(out_dir).resolve()
-    model_dir = root / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    root, model_dir = _model_folder(out_dir, seed)
 
     # The loader builds the class and then reads the file: the capture stops it before the read.
     dit_kwargs = _loader_kwargs(anima_models, "Anima", lambda: anima_utils.load_anima_model(
@@ -596,10 +603,7 @@ def build_tiny_flux(
     from library import flux_models, flux_utils
     from transformers import CLIPTextModel
 
-    root = Path(out_dir).resolve()
-    model_dir = root / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    root, model_dir = _model_folder(out_dir, seed)
     _, tok_source = build_tokenizer(root / "tokenizers" / TOKENIZER_DIR_NAME, bpe_path)
     _save_t5_tokenizer(sd, root / "tokenizers")
 
@@ -658,10 +662,7 @@ def build_tiny_sd3(
     from library import sd3_models, sd3_utils
     from transformers import CLIPTextModelWithProjection
 
-    root = Path(out_dir).resolve()
-    model_dir = root / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    root, model_dir = _model_folder(out_dir, seed)
     _, tok_source = build_tokenizer(root / "tokenizers" / TOKENIZER_DIR_NAME, bpe_path)
     build_tokenizer(root / "tokenizers" / SDXL_TOKENIZER2_DIR_NAME, bpe_path)  # CLIP-G's id, the same vocabulary
     _save_t5_tokenizer(sd, root / "tokenizers")
@@ -747,10 +748,7 @@ def build_tiny_lumina(
     from library import flux_models, lumina_models, lumina_util
     from transformers import Gemma2Model
 
-    root = Path(out_dir).resolve()
-    model_dir = root / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    root, model_dir = _model_folder(out_dir, seed)
     _save_gemma_substitute_tokenizer(sd, root / "tokenizers")
     paths = {name: model_dir / f"{name}.safetensors" for name in ("lumina", "gemma2", "ae")}
     default_dtype = torch.get_default_dtype()
