@@ -24,10 +24,11 @@ per attention block). Only the cross-attention width (= text encoder width) and 
 count are free, so the U-Net keeps ~800M parameters (~3.3 GB fp32 on disk); the text encoder
 and the VAE are tiny.
 
-Other families (`--family sdxl|anima|flux`, each builder's docstring says what it costs):
-Anima and FLUX.1 are built with sd-scripts' own model classes and the configs of its loaders,
-from the checkout named by `--sd_scripts` (default $KOHYA_SD_SCRIPTS); `model_dir` is then the
-DiT file, and the other model files are `TinySD.models` (--qwen3/--vae, --clip_l/--t5xxl/--ae).
+Other families (`--family sdxl|anima|flux|sd3|lumina`, each builder's docstring says what it
+costs): the DiT families are built with sd-scripts' own model classes and the configs of its
+loaders, from the checkout named by `--sd_scripts` (default $KOHYA_SD_SCRIPTS); `model_dir` is
+then the DiT file, and the other model files are `TinySD.models` (--qwen3/--vae,
+--clip_l/--clip_g/--t5xxl/--ae, --gemma2).
 """
 
 from __future__ import annotations
@@ -655,6 +656,7 @@ def build_tiny_sd3(
     streamed to disk. Tokenizers in --tokenizer_cache_dir: the CLIP one under the names of CLIP-L
     and CLIP-G, T5 from the checkout's configs/t5_old. `sd_scripts`: the checkout (default
     $KOHYA_SD_SCRIPTS).
+    Measured (2 cores, v0.11.1): 2 min 41 s on a shared machine, du -sh 11 GB, peak RSS 2.3 GB (streamed).
     """
     import torch
 
@@ -741,6 +743,7 @@ def build_tiny_lumina(
     configs, built complete and random, NextDiT and Gemma2 in bf16 (5.2 GB each), the AE in fp32.
     The gated Gemma tokenizer is replaced by a substitute (_save_gemma_substitute_tokenizer) in
     --tokenizer_cache_dir. `sd_scripts`: the checkout (default $KOHYA_SD_SCRIPTS).
+    Measured (2 cores, v0.11.1): 3 min 16 s on a shared machine, du -sh 11 GB, peak RSS 5.9 GB.
     """
     import torch
 
