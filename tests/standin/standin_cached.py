@@ -22,6 +22,10 @@ class CachedPromptsTrainer(NetworkTrainer):
             self.sample_prompts_te_outputs = cache
             print(f"standin: cached text-encoder outputs of {len(cache)} prompt texts", flush=True)
 
+    def is_text_encoder_not_needed_for_training(self, args):
+        # FLUX/SD3/Lumina/HunyuanImage/Anima override it so (e.g. flux_train_network.py L464 at 6721028c)
+        return args.cache_text_encoder_outputs and args.network_train_unet_only
+
     def sample_images(self, accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet):
         train_util.sample_images(accelerator, args, epoch, global_step, device, vae, tokenizers[0], text_encoder, unet,
                                  sample_prompts_te_outputs=self.sample_prompts_te_outputs)

@@ -124,6 +124,9 @@ class NetworkTrainer:
     def on_step_start(self, args, accelerator, network, text_encoders, unet, batch, weight_dtype, is_train=True):
         pass
 
+    def is_text_encoder_not_needed_for_training(self, args):
+        return False  # SD1.x and SDXL keep their text encoders: they encode the sample prompts when they sample
+
     def on_validation_step_end(self, args, accelerator, network, text_encoders, unet, batch, weight_dtype):
         pass
 
@@ -149,7 +152,7 @@ class NetworkTrainer:
         accelerator = train_util.prepare_accelerator(args)
         is_main_process = accelerator.is_main_process
         weight_dtype = torch.float32
-        save_dtype = torch.float32 if args.save_precision == "float" else None
+        save_dtype = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.save_precision)  # prepare_dtype
 
         model_version, text_encoder, vae, unet = self.load_target_model(args, weight_dtype, accelerator)
         tokenize_strategy = self.get_tokenize_strategy(args)
@@ -264,6 +267,8 @@ class NetworkTrainer:
 
         net = accelerator.unwrap_model(network)
         on_step_start_for_network = getattr(net, "on_step_start", lambda *a, **k: None)
+        if self.is_text_encoder_not_needed_for_training(args):  # train_network.py L1493: freed, the hooks then get None
+            text_encoders, text_encoder = [], None
         n_validations = [0]
 
         def validate(mode, epoch):
@@ -421,6 +426,8 @@ def setup_parser() -> argparse.ArgumentParser:
     a("--network_alpha", type=float, default=1)
     a("--network_dropout", type=float, default=None)
     a("--network_args", type=str, default=None, nargs="*")
+    a("--network_train_unet_only", action="store_true")
+    a("--cache_text_encoder_outputs", action="store_true")
     a("--dim_from_weights", action="store_true")
     a("--sample_every_n_steps", type=int, default=None)
     a("--sample_every_n_epochs", type=int, default=None)
