@@ -106,7 +106,7 @@ def standin_trace(tmp_path: Path, tiny: dict, steps: int, ours_and_extra: list[s
             "--resolution", "64", "--seed", "0", "--logging_dir", str(stand / "out" / "logs"), "--log_with", "tensorboard"]
     family_args = _args(tiny["root"], tmp_path / "out", steps)
     for flag in ("--mixed_precision", "--save_precision"):  # they set the argument kinds of the save hook; last one wins
-        args += [flag, family_args[len(family_args) - 1 - family_args[::-1].index(flag) + 1]]
+        args += [flag, family_args[max(i for i, a in enumerate(family_args) if a == flag) + 1]]
     # with both, the caching families free their text encoders and the hooks get None for them
     args += [flag for flag in ("--cache_text_encoder_outputs", "--network_train_unet_only") if flag in family_args]
     layout = detect_version(Path(SD)).name.removesuffix(".x")
