@@ -1,0 +1,62 @@
+"""Why the DiT families train slowly on some CPUs: a Linear layer's three matmuls in fp32 and bf16.
+
+    .venv/bin/python bench/cpu_matmul_dtypes.py [--tokens 80] [--width 2304] [--threads 2]
+
+A LoRA step through a frozen Linear runs its forward (x @ W^T), the input gradient (g @ W) and,
+for trained weights only, the weight gradient (g^T @ x). On CPUs without AVX-512 BF16, torch's bf16
+kernel for some of these layouts is far slower than fp32's; the DiT families' input gradients hit
+it in every block. The defaults are Lumina's NextDiT width and a 64 px batch's tokens (16 image
++ 64 caption). Prints the machine and a markdown table (GFLOPS, and bf16's slowdown against fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+
+def gflops(a: torch.Tensor, b: torch.Tensor, repeats: int) -> float:
+    a @ b  # warm-up: kernel selection and first-touch allocation
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    seconds = (time.perf_counter() - start) / repeats
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / seconds / 1e9
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=80)
+    p.add_argument("--width", type=int, default=2304)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    n, d = args.tokens, args.width
+    print(f"machine: {cpu_name()}, torch {torch.__version__}, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads; tokens {n}, width {d}")
+    print("\n| matmul | shape | fp32 GFLOPS | bf16 GFLOPS | bf16 slower by |\n|---|---|---|---|---|")
+    layouts = {  # the operands as autograd hands them to the matmul: W is (out, in), row-major
+        "forward x @ W^T": lambda dt: (torch.randn(n, d, dtype=dt), torch.randn(d, d, dtype=dt).t()),
+        "input grad g @ W": lambda dt: (torch.randn(n, d, dtype=dt), torch.randn(d, d, dtype=dt)),
+        "weight grad g^T @ x": lambda dt: (torch.randn(n, d, dtype=dt).t(), torch.randn(n, d, dtype=dt)),
+    }
+    for name, operands in layouts.items():
+        rates = [gflops(*operands(dtype), args.repeats) for dtype in (torch.float32, torch.bfloat16)]
+        a, b = operands(torch.float32)
+        shape = f"{a.shape[0]}x{a.shape[1]} @ {b.shape[0]}x{b.shape[1]}"
+        print(f"| {name} | {shape} | {rates[0]:.1f} | {rates[1]:.2f} | {rates[0] / rates[1]:.0f}x |")
+
+if __name__ == "__main__":
+    main()
