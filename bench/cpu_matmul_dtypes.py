@@ -58,5 +58,6 @@ def main() -> None:
         shape = f"{a.shape[0]}x{a.shape[1]} @ {b.shape[0]}x{b.shape[1]}"
         print(f"| {name} | {shape} | {rates[0]:.1f} | {rates[1]:.2f} | {rates[0] / rates[1]:.0f}x |")
 
+
 if __name__ == "__main__":
     main()
