@@ -59,7 +59,11 @@ def _model(family: str) -> dict:
 SAVE_EVERY = {"lumina": 1}
 
 
-def _args(root: str, out: Path, steps: int, every: int = 2) -> list[str]:
+def _every(tiny: dict) -> int:
+    return SAVE_EVERY.get(tiny["family"], 2)
+
+
+def _args(root: str, out: Path, steps: int, every: int) -> list[str]:
     code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from sd_tiny_model import load_tiny_sd; "
             f"print(chr(10).join(load_tiny_sd({root!r}).train_network_args({str(out)!r}, steps={steps}, save_every={every}, sample_every={every})))")
     return subprocess.run([PY, "-c", code], check=True, capture_output=True, text=True).stdout.splitlines()
@@ -70,7 +74,7 @@ def _ours(tiny: dict, reference: Path) -> list[str]:
             "--consistency_reference", str(reference)]
 
 
-def _train(tmp_path: Path, tiny: dict, tadne_tiles, steps: int, extra: list[str], every: int = 2):
+def _train(tmp_path: Path, tiny: dict, tadne_tiles, steps: int, extra: list[str]):
     """``python -m kohya_ext <family script>`` with the family's usual options and kohya-ext on (nvxs, a reference of
     8 full-size portraits: 64 px renders hold no face), output in ``tmp_path/out``. Asserts exit 0."""
     from PIL import Image
@@ -83,7 +87,7 @@ def _train(tmp_path: Path, tiny: dict, tadne_tiles, steps: int, extra: list[str]
     ours = _ours(tiny, ref)
     # HF_HUB_OFFLINE: every tokenizer and model is local; a missing one must fail at once, not wait on the network
     env = {"PYTHONPATH": str(h.working_tree_overlay(tmp_path, PY)), "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
-    proc = h.run_trainer(tmp_path, _args(tiny["root"], tmp_path / "out", steps, every) + ours + extra, env=env, script=tiny["script"],
+    proc = h.run_trainer(tmp_path, _args(tiny["root"], tmp_path / "out", steps, _every(tiny)) + ours + extra, env=env, script=tiny["script"],
                          sd_scripts=Path(SD), python=PY, timeout=3 * 3600)  # Lumina took 83 min here
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
@@ -96,11 +100,12 @@ STANDIN_SCRIPT = {"sdxl": "train_network.py", "anima": "cached_train_network.py"
                   "sd3": "cached_train_network.py", "lumina": "cached_train_network.py"}
 
 
-def standin_trace(tmp_path: Path, tiny: dict, steps: int, ours_and_extra: list[str], every: int = 2) -> list[tuple]:
+def standin_trace(tmp_path: Path, tiny: dict, steps: int, ours_and_extra: list[str]) -> list[tuple]:
     """The hook trace of the stand-in loop given the same run (images, prompts, steps, saves, kohya-ext options) as
     ``tiny``'s real family run, in the stand-in family of the same shape and the module layout of the checkout."""
     from kohya_ext.patches.sd_scripts import detect_version
 
+    every = _every(tiny)
     stand = tmp_path / "standin"
     train = stand / "train" / "1_tadne"
     train.mkdir(parents=True)
@@ -129,8 +134,8 @@ def test_family_trains_evaluates_keeps_best_and_stops_early(variant, tmp_path, t
         pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no {tiny['script']}")
     out = tmp_path / "out"
     stop = ["--consistency_patience", "1", "--consistency_warmup", "1"]
-    every = SAVE_EVERY.get(family, 2)
-    proc = _train(tmp_path, tiny, tadne_tiles, 3 * every, VARIANTS[variant] + stop, every)
+    every = _every(tiny)
+    proc = _train(tmp_path, tiny, tadne_tiles, 3 * every, VARIANTS[variant] + stop)
     board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
     assert [(r["kohya_step"], r["trigger"], r["checkpoint"]) for r in board] == [
         (s, "step_save", f"tiny-step{s:08d}.safetensors") for s in (every, 2 * every)], board
@@ -149,7 +154,7 @@ def test_family_trains_evaluates_keeps_best_and_stops_early(variant, tmp_path, t
     # The stand-in must call the same hooks in the same order with the same argument kinds as this family does.
     real_trace = real._shape(h.read_trace(tmp_path / "trace.jsonl"))
     print("\n".join(map(str, real_trace)))
-    assert standin_trace(tmp_path, tiny, 3 * every, _ours(tiny, tmp_path / "reference") + stop, every) == real_trace
+    assert standin_trace(tmp_path, tiny, 3 * every, _ours(tiny, tmp_path / "reference") + stop) == real_trace
 
 
 def test_sdxl_resume_continues_the_history(tmp_path, tadne_tiles):
