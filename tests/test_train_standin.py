@@ -268,3 +268,25 @@ def test_families_that_cache_sample_prompts_cache_ours_too(tmp_path):
     assert [r["status"] for r in _board(tmp_path)] == ["ok"], _board(tmp_path)
     assert len(list((tmp_path / "out" / "sample").glob("tiny_000002_00_*.png"))) == 1
     assert any(t["hook"] == "cache_text_encoder_outputs_if_needed" for t in h.read_trace(tmp_path / "trace.jsonl"))
+
+
+@pytest.mark.parametrize("layout", ["v0.10", "v0.11"])
+def test_two_text_encoder_family_hands_the_hooks_a_list(tmp_path, layout):
+    """SDXL's loader returns its two text encoders as a list, and sd-scripts hands that list (not one
+    module) to the sample hook and the network's hooks. kohya-ext renders its prompts through it and
+    scores them; the user's own samples still come out."""
+    h.make_dataset(tmp_path, 2)
+    user = tmp_path / "user_prompts.txt"
+    user.write_text("sks girl waving --d 5\n")
+    args = h.base_args(tmp_path, steps=2, save_every=2) + [
+        "--sample_prompts", str(user), "--sample_every_n_steps", "2", "--consistency", "--consistency_num_prompts", "2",
+        "--consistency_scorer", "fake_scorers:scripted"]
+    proc = h.run_trainer(tmp_path, args, env=_fake(tmp_path, "0.5"), script="sdxl_train_network.py", layout=layout)
+    _ok(proc)
+    assert [r["status"] for r in _board(tmp_path)] == ["ok"], _board(tmp_path)
+    assert len(list((tmp_path / "out" / "sample").glob("tiny_000002_00_*.png"))) == 1
+    trace = h.read_trace(tmp_path / "trace.jsonl")
+    samples = [t["args"] for t in trace if t["hook"] == "sample_images"]
+    assert samples and all(a[6:8] == ["list", "list"] for a in samples), samples  # tokenizers, text encoders
+    assert [t["args"] for t in trace if t["hook"] == "on_epoch_start"] == [["list", "Module"]]
+    assert [t["args"][3] for t in trace if t["hook"] == "post_process_network"] == ["list"]

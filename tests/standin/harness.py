@@ -46,6 +46,18 @@ _SHIMS = {
         "    args = parser.parse_args()\n"
         "    args = train_util.read_config_from_file(args, parser)\n"
         "    CachedPromptsTrainer().train(args)\n"),
+    "sdxl_train_network.py": (
+        '"""Shim (tests/standin/harness.py): a family with two text encoders, as SDXL has."""\n'
+        "import sys\n\nsys.path.insert(0, {standin!r})\n"
+        "import train_network  # noqa: E402,F401  (the family scripts import the base trainer module)\n"
+        "from library import train_util  # noqa: E402\n"
+        "from standin_two_encoders import TwoEncoderTrainer  # noqa: E402\n"
+        "from standin_loop import setup_parser  # noqa: E402,F401\n\n"
+        'if __name__ == "__main__":\n'
+        "    parser = setup_parser()\n"
+        "    args = parser.parse_args()\n"
+        "    args = train_util.read_config_from_file(args, parser)\n"
+        "    TwoEncoderTrainer().train(args)\n"),
     "library/__init__.py": "",
     "library/train_util.py": "import sys\n\nsys.path.insert(0, {standin!r})\nfrom standin_util import *  # noqa: E402,F401,F403\n",
     "networks/__init__.py": "",
@@ -62,6 +74,9 @@ _SHIMS_V011 = {
     .replace("train_util.verify_command_line_training_args", "args_util.verify_command_line_training_args")
     .replace("train_util.read_config_from_file", "args_util.read_config_from_file"),
     "cached_train_network.py": _SHIMS["cached_train_network.py"]
+    .replace("from library import train_util  # noqa: E402\n", "import library.args as args_util  # noqa: E402\n")
+    .replace("train_util.read_config_from_file", "args_util.read_config_from_file"),
+    "sdxl_train_network.py": _SHIMS["sdxl_train_network.py"]
     .replace("from library import train_util  # noqa: E402\n", "import library.args as args_util  # noqa: E402\n")
     .replace("train_util.read_config_from_file", "args_util.read_config_from_file"),
     "library/args.py": _REEXPORT.replace("{names}", "read_config_from_file, verify_command_line_training_args"),

@@ -157,7 +157,8 @@ class NetworkTrainer:
         model_version, text_encoder, vae, unet = self.load_target_model(args, weight_dtype, accelerator)
         tokenize_strategy = self.get_tokenize_strategy(args)
         tokenizers = self.get_tokenizers(tokenize_strategy)
-        text_encoders = [text_encoder]
+        # one module (SD1.x) or a list of them (SDXL's two): the hooks get what the loader returned (L1015)
+        text_encoders = text_encoder if isinstance(text_encoder, list) else [text_encoder]
         self.cache_text_encoder_outputs_if_needed(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
 
         # the network module by its dotted name (train_network.py L641-644); the shim's folder is
