@@ -22,8 +22,10 @@ What runs, as a user's machine would:
 
 Skips, saying why, without ../shared/vendor (the ComfyUI tarball) or ../shared/data (the
 portraits). Building the venv needs the package index once; a failed build fails under CI=true
-and skips elsewhere. Cost on a shared 2-core machine: the first build ~5.5 min (about 6 GB, most of
-it torch's CUDA wheels), then ~1.5 min per run (reinstalling the pack only when its files changed).
+and skips elsewhere. Cost on a shared 2-core machine: the first build ~5.5 min with its own torch
+(about 6 GB, most of it torch's CUDA wheels; where torch can be hard-linked from this test venv,
+tests/linked_torch.py, a few hundred MB), then ~1.5 min per run (reinstalling the pack only when its
+files changed).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, SHARED
+from linked_torch import link_torch
 from test_comfy_nodes import CHARACTER, OTHERS, variant
 
 VENDOR = SHARED / "vendor"
@@ -58,7 +61,7 @@ CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / 
 DROPPED = ("torchaudio",)
 ADDED = ("requests",)
 #: bump when the way the venv is built changes (it is part of the cache key)
-BUILD_RECIPE = 2
+BUILD_RECIPE = 3
 #: what each prompt may take (nvxs on a shared 2-core machine: ~0.5 s an image)
 PROMPT_TIMEOUT = 600
 
@@ -150,6 +153,11 @@ def comfy_venv(comfy_src) -> Path:
             venv.mkdir(parents=True)
             log = venv / "build.log"
             _run([sys.executable, "-m", "venv", str(venv)], log)
+            # torch as hard links to this venv's copy of the same wheels where it can (tests/linked_torch.py); pip
+            # then finds it installed, and installs it itself where it cannot
+            if link_torch(py, torch_spec):
+                with open(log, "a") as f:
+                    f.write(f"\nlinked {' '.join(torch_spec)} and their requirements from {sys.prefix}\n")
             (venv / "requirements.txt").write_text("\n".join(reqs) + "\n")
             # one resolve; no byte-compiling of ~6 GB of packages (Python compiles what it imports)
             _run([str(py), "-m", "pip", "install", "-q", "--no-compile", "--progress-bar", "off", *torch_spec,

@@ -2,8 +2,13 @@
 venv, PyTorch, then ``scripts/install.sh`` (README, "Installing into your sd-scripts
 virtualenv"); nothing else. The run folders come from this (test) venv.
 
-About 3-5 minutes on 2 CPU cores, most of it installing PyTorch and the packages into the new
-venv (from pip's configured index). Set KOHYA_EXT_USER_VENV=PATH to keep and reuse that venv.
+PyTorch goes into the new venv as hard links to this test venv's installed copy of the same
+wheels (torch, torchvision and what they require: the files pip wrote, RECORD included, so pip
+sees them installed), because a second copy of the CUDA build costs 5.8 GB of disk, enough to
+fill a CI machine; where hard links cannot be made (another filesystem) pip installs it. The
+venv is deleted when this module is done. About 2-4 minutes on 2 CPU cores, most of it
+installing the other packages (from pip's configured index). Set KOHYA_EXT_USER_VENV=PATH to keep
+and reuse that venv.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from linked_torch import link_torch
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_SPEC = re.search(r"^TORCH_SPEC \?= (.+)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
@@ -41,7 +48,7 @@ def _sh(cmd: list[str], timeout: float = 900, **kw) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def user_venv(tmp_path_factory) -> Path:
+def user_venv(tmp_path_factory):
     """A new venv with PyTorch, then kohya-ext through scripts/install.sh (a copy of the tree, as
     a user's clone: no editable install, no test extras)."""
     keep = os.environ.get("KOHYA_EXT_USER_VENV")
@@ -50,14 +57,20 @@ def user_venv(tmp_path_factory) -> Path:
     if not py.exists():
         r = _sh([sys.executable, "-m", "venv", str(venv)])
         assert r.returncode == 0, r.stderr
-        r = _sh([str(py), "-m", "pip", "install", "-q", *TORCH_SPEC])
-        if r.returncode != 0:
-            pytest.skip(f"cannot install {' '.join(TORCH_SPEC)} into a new venv here: {r.stderr.strip().splitlines()[-1:]}")
+        if not link_torch(py, TORCH_SPEC):
+            r = _sh([str(py), "-m", "pip", "install", "-q", "--no-cache-dir", *TORCH_SPEC])
+            if r.returncode != 0:
+                pytest.skip(f"cannot install {' '.join(TORCH_SPEC)} into a new venv here: {r.stderr.strip().splitlines()[-1:]}")
+    r = _sh([str(py), "-c", "import torch, torchvision; print(torch.__version__)"])
+    assert r.returncode == 0, r.stderr[-2000:]
     clone = tmp_path_factory.mktemp("clone") / "kohya-ext"
     shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "demo_out"))
-    r = _sh(["bash", str(clone / "scripts" / "install.sh")], env={**os.environ, "PYTHON": str(py)})
+    r = _sh(["bash", str(clone / "scripts" / "install.sh")], env={**os.environ, "PYTHON": str(py), "PIP_NO_CACHE_DIR": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return venv
+    yield venv
+    if not keep:
+        shutil.rmtree(venv.parent, ignore_errors=True)
+        shutil.rmtree(clone.parent, ignore_errors=True)
 
 
 def _kx(venv: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
