@@ -253,17 +253,24 @@ def test_several_characters_scored_against_their_own_reference(tmp_path):
     assert proc.returncode == 2 and "names none of the dataset's characters (alice, bob)" in proc.stderr
 
 
-def test_families_that_cache_sample_prompts_cache_ours_too(tmp_path):
-    """A family that encodes the sample prompts once at setup and renders only those: our
-    evaluation prompts are rendered (scored ok), and the user's own samples still appear."""
+def _family_with_user_samples(tmp_path: Path, script: str, layout: str = "v0.10"):
+    """Two steps of the stand-in family ``script`` with a sample prompt of the user's and kohya-ext's
+    evaluation (2 prompts, scored 0.5) at the step-2 save; asserts the run exits 0."""
     h.make_dataset(tmp_path, 2)
     user = tmp_path / "user_prompts.txt"
     user.write_text("sks girl waving --d 5\n")
     args = h.base_args(tmp_path, steps=2, save_every=2) + [
         "--sample_prompts", str(user), "--sample_every_n_steps", "2", "--consistency", "--consistency_num_prompts", "2",
         "--consistency_scorer", "fake_scorers:scripted"]
-    proc = h.run_trainer(tmp_path, args, env=_fake(tmp_path, "0.5"), script="cached_train_network.py")
+    proc = h.run_trainer(tmp_path, args, env=_fake(tmp_path, "0.5"), script=script, layout=layout)
     _ok(proc)
+    return proc
+
+
+def test_families_that_cache_sample_prompts_cache_ours_too(tmp_path):
+    """A family that encodes the sample prompts once at setup and renders only those: our
+    evaluation prompts are rendered (scored ok), and the user's own samples still appear."""
+    proc = _family_with_user_samples(tmp_path, "cached_train_network.py")
     assert "cached text-encoder outputs of 3 prompt texts" in proc.stdout  # user's, ours (one caption), ""
     assert [r["status"] for r in _board(tmp_path)] == ["ok"], _board(tmp_path)
     assert len(list((tmp_path / "out" / "sample").glob("tiny_000002_00_*.png"))) == 1
@@ -275,14 +282,7 @@ def test_two_text_encoder_family_hands_the_hooks_a_list(tmp_path, layout):
     """SDXL's loader returns its two text encoders as a list, and sd-scripts hands that list (not one
     module) to the sample hook and the network's hooks. kohya-ext renders its prompts through it and
     scores them; the user's own samples still come out."""
-    h.make_dataset(tmp_path, 2)
-    user = tmp_path / "user_prompts.txt"
-    user.write_text("sks girl waving --d 5\n")
-    args = h.base_args(tmp_path, steps=2, save_every=2) + [
-        "--sample_prompts", str(user), "--sample_every_n_steps", "2", "--consistency", "--consistency_num_prompts", "2",
-        "--consistency_scorer", "fake_scorers:scripted"]
-    proc = h.run_trainer(tmp_path, args, env=_fake(tmp_path, "0.5"), script="sdxl_train_network.py", layout=layout)
-    _ok(proc)
+    _family_with_user_samples(tmp_path, "sdxl_train_network.py", layout)
     assert [r["status"] for r in _board(tmp_path)] == ["ok"], _board(tmp_path)
     assert len(list((tmp_path / "out" / "sample").glob("tiny_000002_00_*.png"))) == 1
     trace = h.read_trace(tmp_path / "trace.jsonl")
