@@ -74,7 +74,7 @@ def _ours(tiny: dict, reference: Path) -> list[str]:
             "--consistency_reference", str(reference)]
 
 
-def _train(tmp_path: Path, tiny: dict, tadne_tiles, steps: int, extra: list[str]):
+def _train(tmp_path: Path, tiny: dict, tadne_tiles, steps: int, extra: list[str], every: int | None = None):
     """``python -m kohya_ext <family script>`` with the family's usual options and kohya-ext on (nvxs, a reference of
     8 full-size portraits: 64 px renders hold no face), output in ``tmp_path/out``. Asserts exit 0."""
     from PIL import Image
@@ -87,7 +87,7 @@ def _train(tmp_path: Path, tiny: dict, tadne_tiles, steps: int, extra: list[str]
     ours = _ours(tiny, ref)
     # HF_HUB_OFFLINE: every tokenizer and model is local; a missing one must fail at once, not wait on the network
     env = {"PYTHONPATH": str(h.working_tree_overlay(tmp_path, PY)), "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
-    proc = h.run_trainer(tmp_path, _args(tiny["root"], tmp_path / "out", steps, _every(tiny)) + ours + extra, env=env, script=tiny["script"],
+    proc = h.run_trainer(tmp_path, _args(tiny["root"], tmp_path / "out", steps, every or _every(tiny)) + ours + extra, env=env, script=tiny["script"],
                          sd_scripts=Path(SD), python=PY, timeout=3 * 3600)  # Lumina took 83 min here
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
@@ -158,22 +158,24 @@ def test_family_trains_evaluates_keeps_best_and_stops_early(variant, tmp_path, t
     assert standin_trace(tmp_path, tiny, 3 * every, _ours(tiny, tmp_path / "reference") + stop) == real_trace
 
 
-def test_sdxl_resume_continues_the_history(tmp_path, tadne_tiles):
-    """SDXL with ``--save_state``: leg 1 trains 4 steps (evaluations at 2 and 4); leg 2 ``--resume``s the step-4
-    state (``--max_train_steps 8``: one more epoch of 4 steps). kohya-ext's state rides in sd-scripts' state
-    folder, so the history goes on at cumulative steps 6 and 8 although sd-scripts counts its steps afresh; the
-    checkpoints leg 2 writes again under leg 1's names are flagged, and ``-best`` keeps the crowned weights."""
+@pytest.mark.parametrize("family", sorted({v.split("-")[0] for v in VARIANTS}))
+def test_resume_continues_the_history(family, tmp_path, tadne_tiles):
+    """``--save_state``: leg 1 trains 4 steps (evaluations at 2 and 4); leg 2 ``--resume``s the step-4 state
+    (``--max_train_steps 8``: one more epoch of 4 steps). kohya-ext's state rides in sd-scripts' state folder, so
+    the history goes on at cumulative steps 6 and 8 although sd-scripts counts its steps afresh; the checkpoints
+    leg 2 writes again under leg 1's names are flagged, and ``-best`` keeps the crowned weights. Saves every 2
+    steps in every family (4 images, so leg 1 ends on an epoch boundary, the only place sd-scripts resumes)."""
     from kohya_ext.training.best import read_metadata
 
-    tiny = _model("sdxl")
+    tiny = _model(family)
     if not (Path(SD) / tiny["script"]).is_file():
         pytest.skip(f"KOHYA_SD_SCRIPTS={SD} has no {tiny['script']}")
     out = tmp_path / "out"
-    _train(tmp_path, tiny, tadne_tiles, 4, ["--save_state"])
+    _train(tmp_path, tiny, tadne_tiles, 4, ["--save_state"], every=2)
     state = out / "tiny-step00000004-state"
     assert (state / "kohya_ext_consistency.json").is_file()
     # sd-scripts needs max_train_steps above the state's step; it skips leg 1's epoch and counts from 0 again
-    proc = _train(tmp_path, tiny, tadne_tiles, 8, ["--save_state", "--resume", str(state)])
+    proc = _train(tmp_path, tiny, tadne_tiles, 8, ["--save_state", "--resume", str(state)], every=2)
     assert "resumed from" in proc.stdout and "cumulative step 4" in proc.stdout
     board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
     assert [(r["cum_step"], r["segment"]) for r in board] == [(2, 0), (4, 0), (6, 1), (8, 1)], board
