@@ -12,10 +12,10 @@ it in every block. The defaults are Lumina's NextDiT width and a 64 px batch's t
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
+from machine_info import cpu_line
 
 
 def gflops(a: torch.Tensor, b: torch.Tensor, repeats: int, min_seconds: float = 0.5) -> float:
@@ -34,14 +34,6 @@ def relative(fp32: float, bf16: float) -> str:
     return f"{fp32 / bf16:.3g}x slower" if bf16 < fp32 else f"{bf16 / fp32:.2g}x faster"
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=80)
@@ -51,8 +43,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     n, d = args.tokens, args.width
-    print(f"machine: {cpu_name()}, torch {torch.__version__}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads; tokens {n}, width {d}")
+    print(f"machine: {cpu_line()}; {args.threads} threads; tokens {n}, width {d}")
     print("\n| matmul | shape | fp32 GFLOPS | bf16 GFLOPS | bf16 against fp32 |\n|---|---|---|---|---|")
     layouts = {  # the operands as autograd hands them to the matmul: W is (out, in), row-major
         "forward x @ W^T": lambda dt: (torch.randn(n, d, dtype=dt), torch.randn(d, d, dtype=dt).t()),

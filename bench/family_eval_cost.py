@@ -17,12 +17,13 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from machine_info import cpu_line
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("TINY_MODELS_DIR", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kohya-ext"))
@@ -103,7 +104,7 @@ def main() -> int:
         print(f"family_eval_cost: {GRID} is missing (../shared): the reference is built from it", file=sys.stderr)
         return 2
     commit = subprocess.run(["git", "-C", sd, "rev-parse", "--short=8", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; sd-scripts {sd} ({commit or '?'})\n")
+    print(f"machine: {cpu_line()}; sd-scripts {sd} ({commit or '?'})\n")
     with tempfile.TemporaryDirectory(prefix="kohya_ext_family_cost_") as tmp:
         work = Path(tmp)
         reference = work / "reference"
