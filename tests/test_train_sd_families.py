@@ -96,8 +96,8 @@ def _train(tmp_path: Path, tiny: dict, tadne_tiles, steps: int, extra: list[str]
 
 #: the stand-in script that follows each family's hook path: SDXL encodes prompts when it samples, as SD1.x does, with
 #: two text encoders handed to the hooks as a list; the others cache the sample prompts' encodings at setup
-#: (docs/training.md, "Families that cache the sample prompts")
-STANDIN_SCRIPT = {"sdxl": "sdxl_train_network.py", "anima": "cached_train_network.py", "flux": "cached_train_network.py",
+#: (docs/training.md, "Families that cache the sample prompts"), and Anima loads its DiT only after that
+STANDIN_SCRIPT = {"sdxl": "sdxl_train_network.py", "anima": "anima_train_network.py", "flux": "cached_train_network.py",
                   "sd3": "cached_train_network.py", "lumina": "cached_train_network.py"}
 
 

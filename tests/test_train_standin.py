@@ -290,3 +290,13 @@ def test_two_text_encoder_family_hands_the_hooks_a_list(tmp_path, layout):
     assert samples and all(a[6:8] == ["list", "list"] for a in samples), samples  # tokenizers, text encoders
     assert [t["args"] for t in trace if t["hook"] == "on_epoch_start"] == [["list", "Module"]]
     assert [t["args"][3] for t in trace if t["hook"] == "post_process_network"] == ["list"]
+
+
+def test_family_that_loads_its_dit_after_caching(tmp_path):
+    """Anima's loader returns no DiT: the caching hook gets None for it, and the DiT is loaded after caching
+    (``load_unet_lazily``); the evaluation still renders through it and scores."""
+    _family_with_user_samples(tmp_path, "anima_train_network.py")
+    assert [r["status"] for r in _board(tmp_path)] == ["ok"], _board(tmp_path)
+    trace = h.read_trace(tmp_path / "trace.jsonl")
+    assert [t["args"][2] for t in trace if t["hook"] == "cache_text_encoder_outputs_if_needed"] == ["NoneType"]
+    assert all(t["args"][8] == "Module" for t in trace if t["hook"] == "sample_images")  # the DiT, loaded by then

@@ -17,10 +17,35 @@ import numpy as np
 STANDIN = Path(__file__).resolve().parent
 REPO = STANDIN.parents[1]
 
+
+def _family_shim(what: str, module: str, trainer: str) -> str:
+    """A family script (sdxl_train_network.py etc.): imports the base trainer module, runs ``trainer``."""
+    return (f'"""Shim (tests/standin/harness.py): {what}."""\n'
+            "import sys\n\nsys.path.insert(0, {standin!r})\n"
+            "import train_network  # noqa: E402,F401  (the family scripts import the base trainer module)\n"
+            "from library import train_util  # noqa: E402\n"
+            f"from {module} import {trainer}  # noqa: E402\n"
+            "from standin_loop import setup_parser  # noqa: E402,F401\n\n"
+            'if __name__ == "__main__":\n'
+            "    parser = setup_parser()\n"
+            "    args = parser.parse_args()\n"
+            "    args = train_util.read_config_from_file(args, parser)\n"
+            f"    {trainer}().train(args)\n")
+
+
+#: stand-in family script -> (what it stands for, module, trainer class)
+FAMILIES = {
+    "cached_train_network.py": ("a family that caches sample-prompt encodings at setup", "standin_cached", "CachedPromptsTrainer"),
+    "anima_train_network.py": ("a caching family that loads its DiT only after caching, as Anima and HunyuanImage do",
+                               "standin_cached", "LazyDiTTrainer"),
+    "sdxl_train_network.py": ("a family with two text encoders, as SDXL has", "standin_two_encoders", "TwoEncoderTrainer"),
+}
+
 # The stand-in's code lives in standin_loop.py / standin_util.py / standin_lora.py (names no
 # sd-scripts file has); at test time it is laid out under sd-scripts' own names by these shims,
 # so kohya-ext imports it exactly as it imports a real checkout.
 _SHIMS = {
+    **{script: _family_shim(*family) for script, family in FAMILIES.items()},
     "train_network.py": (
         '"""Shim (tests/standin/harness.py): the stand-in loop under sd-scripts\' script name."""\n'
         "import sys\n\nsys.path.insert(0, {standin!r})\n"
@@ -34,30 +59,6 @@ _SHIMS = {
         "    args = train_util.read_config_from_file(args, parser)\n\n"
         "    trainer = NetworkTrainer()\n"
         "    trainer.train(args)\n"),
-    "cached_train_network.py": (
-        '"""Shim (tests/standin/harness.py): a family that caches sample-prompt encodings at setup."""\n'
-        "import sys\n\nsys.path.insert(0, {standin!r})\n"
-        "import train_network  # noqa: E402,F401  (the family scripts import the base trainer module)\n"
-        "from library import train_util  # noqa: E402\n"
-        "from standin_cached import CachedPromptsTrainer  # noqa: E402\n"
-        "from standin_loop import setup_parser  # noqa: E402,F401\n\n"
-        'if __name__ == "__main__":\n'
-        "    parser = setup_parser()\n"
-        "    args = parser.parse_args()\n"
-        "    args = train_util.read_config_from_file(args, parser)\n"
-        "    CachedPromptsTrainer().train(args)\n"),
-    "sdxl_train_network.py": (
-        '"""Shim (tests/standin/harness.py): a family with two text encoders, as SDXL has."""\n'
-        "import sys\n\nsys.path.insert(0, {standin!r})\n"
-        "import train_network  # noqa: E402,F401  (the family scripts import the base trainer module)\n"
-        "from library import train_util  # noqa: E402\n"
-        "from standin_two_encoders import TwoEncoderTrainer  # noqa: E402\n"
-        "from standin_loop import setup_parser  # noqa: E402,F401\n\n"
-        'if __name__ == "__main__":\n'
-        "    parser = setup_parser()\n"
-        "    args = parser.parse_args()\n"
-        "    args = train_util.read_config_from_file(args, parser)\n"
-        "    TwoEncoderTrainer().train(args)\n"),
     "library/__init__.py": "",
     "library/train_util.py": "import sys\n\nsys.path.insert(0, {standin!r})\nfrom standin_util import *  # noqa: E402,F401,F403\n",
     "networks/__init__.py": "",
@@ -73,12 +74,9 @@ _SHIMS_V011 = {
     .replace("from library import train_util  # noqa: E402\n", "import library.args as args_util  # noqa: E402\n")
     .replace("train_util.verify_command_line_training_args", "args_util.verify_command_line_training_args")
     .replace("train_util.read_config_from_file", "args_util.read_config_from_file"),
-    "cached_train_network.py": _SHIMS["cached_train_network.py"]
-    .replace("from library import train_util  # noqa: E402\n", "import library.args as args_util  # noqa: E402\n")
-    .replace("train_util.read_config_from_file", "args_util.read_config_from_file"),
-    "sdxl_train_network.py": _SHIMS["sdxl_train_network.py"]
-    .replace("from library import train_util  # noqa: E402\n", "import library.args as args_util  # noqa: E402\n")
-    .replace("train_util.read_config_from_file", "args_util.read_config_from_file"),
+    **{script: _SHIMS[script]
+       .replace("from library import train_util  # noqa: E402\n", "import library.args as args_util  # noqa: E402\n")
+       .replace("train_util.read_config_from_file", "args_util.read_config_from_file") for script in FAMILIES},
     "library/args.py": _REEXPORT.replace("{names}", "read_config_from_file, verify_command_line_training_args"),
     "library/checkpoint_io.py": _REEXPORT.replace(
         "{names}", "get_epoch_ckpt_name, get_last_ckpt_name, get_step_ckpt_name, save_state_on_train_end"),

@@ -5,7 +5,7 @@ flux_train_network.py L255-272): it can then render only prompts that were cache
 from __future__ import annotations
 
 from library import train_util  # the harness's shim of standin_util.py
-from standin_loop import NetworkTrainer
+from standin_loop import NetworkTrainer, _TinyModel
 
 
 class CachedPromptsTrainer(NetworkTrainer):
@@ -29,3 +29,16 @@ class CachedPromptsTrainer(NetworkTrainer):
     def sample_images(self, accelerator, args, epoch, global_step, device, vae, tokenizers, text_encoder, unet):
         train_util.sample_images(accelerator, args, epoch, global_step, device, vae, tokenizers[0], text_encoder, unet,
                                  sample_prompts_te_outputs=self.sample_prompts_te_outputs)
+
+
+class LazyDiTTrainer(CachedPromptsTrainer):
+    """Anima and HunyuanImage load their DiT only after the text-encoder outputs are cached: the model loader
+    returns None for it, so ``cache_text_encoder_outputs_if_needed`` gets None, and ``load_unet_lazily`` brings it
+    (anima_train_network.py L98-115, train_network.py L1044-1046 at 6721028c)."""
+
+    def load_target_model(self, args, weight_dtype, accelerator):
+        version, text_encoder, vae, _unet = super().load_target_model(args, weight_dtype, accelerator)
+        return version, text_encoder, vae, None
+
+    def load_unet_lazily(self, args, weight_dtype, accelerator, text_encoders):
+        return _TinyModel(), text_encoders

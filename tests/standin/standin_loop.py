@@ -100,6 +100,9 @@ class NetworkTrainer:
         torch.manual_seed(args.seed or 0)
         return "standin-v1", _TinyModel(), _TinyModel(), _TinyModel()
 
+    def load_unet_lazily(self, args, weight_dtype, accelerator, text_encoders):
+        raise NotImplementedError()  # as the base trainer: only the families that load lazily override it
+
     def get_tokenize_strategy(self, args):
         return _TokenizeStrategy()
 
@@ -160,6 +163,8 @@ class NetworkTrainer:
         # one module (SD1.x) or a list of them (SDXL's two): the hooks get what the loader returned (L1015)
         text_encoders = text_encoder if isinstance(text_encoder, list) else [text_encoder]
         self.cache_text_encoder_outputs_if_needed(args, accelerator, unet, vae, text_encoders, dataset, weight_dtype)
+        if unet is None:  # a family that loads its DiT after caching (Anima, HunyuanImage; L1044-1046 at 6721028c)
+            unet, text_encoders = self.load_unet_lazily(args, weight_dtype, accelerator, text_encoders)
 
         # the network module by its dotted name (train_network.py L641-644); the shim's folder is
         # already on sys.path, as sd-scripts' own folder is there
