@@ -71,13 +71,16 @@ def measure(family: str, sd: str, py: str, reference: Path, work: Path) -> dict:
     harness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(harness)  # its overlay lends this working tree's kohya_ext to sd-scripts' venv
 
-    env = {**os.environ, "PYTHONPATH": str(harness.working_tree_overlay(run, py)), "OMP_NUM_THREADS": str(os.cpu_count() or 2)}
+    # HF_HUB_OFFLINE as the family tests: every tokenizer is local (Lumina's Gemma one in the builder's HF cache)
+    env = {**os.environ, "PYTHONPATH": str(harness.working_tree_overlay(run, py)), "OMP_NUM_THREADS": str(os.cpu_count() or 2),
+           "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-c", _PEAK, py, "-m", "kohya_ext", tiny.get("script", "train_network.py"), *train_args(py, tiny["root"], out),
            "--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
            "--consistency_reference", str(reference)]
     proc = subprocess.run(cmd, cwd=sd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"family": family, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:120]}
+        said = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("peak_rss_kb")]
+        return {"family": family, "error": (said or ["?"])[-1][:120]}
     peak_kb = int(proc.stderr.rsplit("peak_rss_kb", 1)[1].split()[0])
     board = json.loads((out / "consistency" / "leaderboard.json").read_text())["evaluations"]
     step = _step_seconds(out / "logs", {r["kohya_step"] for r in board})
