@@ -155,7 +155,7 @@ def test_real_sdxl_from_the_gui_command(tmp_path, tadne_tiles):
     tiny = fam._model("sdxl")
     additional = ("--network_module kohya_ext.gui_network --network_args consistency_config={options} "
                   "consistency_patience=1 consistency_warmup=1")
-    proc, out, _ = _gui_run(tmp_path, tadne_tiles, additional, tiny=tiny, argv=lambda o: fam._args(tiny["root"], o, 6),
+    proc, out, _ = _gui_run(tmp_path, tadne_tiles, additional, tiny=tiny, argv=lambda o: fam._args(tiny["root"], o, 6, 2),
                             mixed_precision="bf16")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     assert "delegating without evaluation" not in proc.stdout
