@@ -19,7 +19,9 @@ re-implements the rest as batched torch code, on CPU or CUDA:
 
 On CPU, every BatchNorm is folded into its convolution, tensors are channels_last and
 the networks run in small micro-batches (see CPU_LANDMARK_CROPS). The results match the
-package to float rounding (tests/test_hrnet_parity.py); bench/landmarks.py times both.
+package to float rounding (tests/test_hrnet_parity.py); bench/landmarks.py times both. On
+CUDA the networks run in full fp32, not PyTorch's default TF32 convolutions, so the GPU gives
+the CPU's points (precision.py; bench/gpu_parity.py measures it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Face, ImageFaces, check_sizes
+from .precision import full_fp32
 from ..errors import ImageError, KohyaExtError
 from ..landmarks import HRNET_POINTS, flip_permutation
 from .weights import WeightFile, hrnet_weights, load_state_dict_strict
@@ -285,7 +288,8 @@ def decode_heatmaps(
 
     # Gaussian modulation: separable zero-padded blur as two small matmuls (much faster than a
     # single-channel conv2d over N*K maps), rescaled to each map's maximum
-    x = _blur_matrix(kernel, hh, dev) @ hm @ _blur_matrix(kernel, ww, dev).T
+    with full_fp32(dev):  # TF32 matmuls here moved points by up to 13 px on flat maps (bench/gpu_parity.py)
+        x = _blur_matrix(kernel, hh, dev) @ hm @ _blur_matrix(kernel, ww, dev).T
     blur_max = x.reshape(n, k, -1).amax(dim=2)
     x = x * (maxvals / blur_max)[..., None, None]
     logm = torch.log(torch.clamp(x, min=1e-10)).reshape(n, k, hh * ww)
@@ -461,7 +465,8 @@ class HrnetBackend:
             return [np.array([[0, 0, t.shape[1] - 1, t.shape[0] - 1, 1]], dtype=np.float32) for t in tensors]
         if self.face_detector == "faster-rcnn":
             # per image through the package (its RPN/RoI test path is single-image); it wants BGR
-            return [self.detector_net.detect(np.ascontiguousarray(t.numpy()[..., ::-1])).astype(np.float32) for t in tensors]
+            with full_fp32(self.device):
+                return [self.detector_net.detect(np.ascontiguousarray(t.numpy()[..., ::-1])).astype(np.float32) for t in tensors]
         out: list[np.ndarray | None] = [None] * len(tensors)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, t in enumerate(tensors):
@@ -502,7 +507,8 @@ class HrnetBackend:
             "scale_factor": np.array([new_w / w, new_h / h, new_w / w, new_h / h], dtype=np.float32),
         }
         step = CPU_DETECTOR_IMAGES if self.device.type == "cpu" else len(x)
-        parts = [det.bbox_head(det.neck(det.backbone(x[i : i + step])))[0] for i in range(0, len(x), step)]
+        with full_fp32(self.device):
+            parts = [det.bbox_head(det.neck(det.backbone(x[i : i + step])))[0] for i in range(0, len(x), step)]
         return tuple(torch.cat(level) for level in zip(*parts)), meta
 
     # --- landmark stage --------------------------------------------------------------------
@@ -550,7 +556,8 @@ class HrnetBackend:
         # the crops and their mirrors go through the network together (micro-batched on CPU)
         both = torch.cat([x, x.flip(3)]) if self.flip_test else x
         step = CPU_LANDMARK_CROPS if self.device.type == "cpu" else len(both)
-        out = torch.cat([model.keypoint_head(model.backbone(both[i : i + step])) for i in range(0, len(both), step)])
+        with full_fp32(self.device):
+            out = torch.cat([model.keypoint_head(model.backbone(both[i : i + step])) for i in range(0, len(both), step)])
         out = out.float()
         if not self.flip_test:
             return out
