@@ -62,7 +62,7 @@ def _step_seconds(logs: Path, eval_steps: set[int]) -> float:
     return statistics.median(pure) if pure else float("nan")
 
 
-def measure(family: str, sd: str, py: str, reference: Path, work: Path) -> dict:
+def measure(family: str, sd: str, py: str, reference: Path, work: Path, log_dir: Path | None = None) -> dict:
     tiny = _tiny(family, py)
     run = work / family
     out = run / "out"
@@ -78,6 +78,9 @@ def measure(family: str, sd: str, py: str, reference: Path, work: Path) -> dict:
            "--consistency", "--consistency_backend", "nvxs", "--consistency_prompts", tiny["prompts_file"],
            "--consistency_reference", str(reference)]
     proc = subprocess.run(cmd, cwd=sd, env=env, capture_output=True, text=True)
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / f"{family}.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr, encoding="utf-8")
     if proc.returncode != 0:
         said = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("peak_rss_kb")]
         return {"family": family, "error": (said or ["?"])[-1][:120]}
@@ -93,6 +96,7 @@ def measure(family: str, sd: str, py: str, reference: Path, work: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("families", nargs="+", help="sd15, sdxl, anima, flux, ... (tests/sd_tiny_model.py BUILDERS)")
+    ap.add_argument("--log-dir", type=Path, default=None, help="write each family's training output to <family>.log here")
     a = ap.parse_args()
     sd, py = os.environ.get("KOHYA_SD_SCRIPTS"), os.environ.get("KOHYA_SD_PYTHON")
     if not sd or not py:
@@ -117,7 +121,7 @@ def main() -> int:
         print("| family | script | s / step | render s / eval | score s / eval | eval / step | peak RSS GB |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for family in a.families:
-            r = measure(family, sd, py, reference, work)
+            r = measure(family, sd, py, reference, work, a.log_dir)
             if "error" in r:
                 print(f"| {family} | failed: {r['error']} | | | | | |", flush=True)
                 continue
