@@ -143,9 +143,10 @@ def _worker(cfg: dict):
     return w, time.perf_counter() - t, info
 
 
-def _job(paths: list[Path], out: Path, device: str, note: str | None = None) -> dict:
+def _job(paths: list[Path], out: Path, device: str) -> dict:
+    """A job as callbacks/evaluator.py sends it, its device forced (no choose_device)."""
     out.mkdir(parents=True, exist_ok=True)  # the trainer makes the evaluation folder before the job
-    return {"paths": [str(p) for p in paths], "out_dir": str(out), "device": device, "device_note": note}
+    return {"paths": [str(p) for p in paths], "out_dir": str(out), "device": device, "device_note": None}
 
 
 def time_and_memory(torch, cfg: dict, paths: list[Path], tmp: Path, repeats: int, cpu_repeats: int) -> dict:

@@ -2,7 +2,7 @@
 
 PyTorch lets cuDNN convolutions use TF32 by default. Measured on an H200 (torch 2.11,
 bench/gpu_parity.py), that moves HRNetV2 heatmaps by ~1.5e-3 against the CPU, for the package
-and for our backend alike; in full fp32 both match the CPU to 2e-6, at 8 % less landmark
+and for our backend alike; in full fp32 both match the CPU to 2e-6, at 5-8 % less landmark
 throughput. Points must not depend on the device: a run scores on the GPU or, when memory is
 short, on the CPU, and the measurement cache serves both.
 
@@ -30,7 +30,8 @@ def _knobs() -> list[tuple[Any, str, Any]]:
     Where they cannot (the host set the new per-operator API), that API's ``fp32_precision``.
     """
     knobs = []
-    for legacy, new in ((torch.backends.cudnn, getattr(torch.backends.cudnn, "conv", None)), (torch.backends.cuda.matmul, torch.backends.cuda.matmul)):
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    for legacy, new in ((cudnn, getattr(cudnn, "conv", None)), (matmul, matmul)):
         try:
             getattr(legacy, "allow_tf32")
             knobs.append((legacy, "allow_tf32", False))
