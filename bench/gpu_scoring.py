@@ -139,8 +139,8 @@ def _worker(cfg: dict):
     w = ScoringWorker(cfg, deadline_s=600)
     w.start()
     t = time.perf_counter()
-    info = w.wait_ready(1800)
-    return w, time.perf_counter() - t, info
+    w.wait_ready(1800)
+    return w, time.perf_counter() - t
 
 
 def _job(paths: list[Path], out: Path, device: str) -> dict:
@@ -154,7 +154,7 @@ def time_and_memory(torch, cfg: dict, paths: list[Path], tmp: Path, repeats: int
     res: dict = {}
     free0 = torch.cuda.mem_get_info()[0]
     for device in ("cuda", "cpu"):
-        w, ready_s, _ = _worker({**cfg, "device": device})
+        w, ready_s = _worker({**cfg, "device": device})
         free_ready = torch.cuda.mem_get_info()[0]
         rows = []
         for r in range(repeats if device == "cuda" else cpu_repeats):
@@ -178,8 +178,6 @@ def time_and_memory(torch, cfg: dict, paths: list[Path], tmp: Path, repeats: int
 
 def fallbacks(torch, cfg: dict, paths: list[Path], tmp: Path, worker_ctx_bytes: int) -> dict:
     from kohya_ext.training.devices import DEFAULT_MIN_FREE_GIB, choose_device
-    from kohya_ext.training.worker import ScoringWorker
-
     out: dict = {}
     # 1. choose_device with the card filled to 1 GiB free
     free = torch.cuda.mem_get_info()[0]
@@ -189,7 +187,7 @@ def fallbacks(torch, cfg: dict, paths: list[Path], tmp: Path, worker_ctx_bytes: 
     torch.cuda.empty_cache()
     out["choose_empty"] = choose_device("auto")
     # 2. a job sent to the GPU with room for the worker's context and little else
-    w, _, _ = _worker({**cfg, "device": "cpu"})
+    w, _ = _worker({**cfg, "device": "cpu"})
     free = torch.cuda.mem_get_info()[0]
     leave = worker_ctx_bytes + 64 * MIB
     hog = torch.empty(int(free - leave), dtype=torch.uint8, device="cuda")
@@ -202,9 +200,7 @@ def fallbacks(torch, cfg: dict, paths: list[Path], tmp: Path, worker_ctx_bytes: 
     out["after_oom"] = {"ok": r2["ok"], "device": r2.get("device"), "restarts": w.restarts}
     w.close()
     # 3. a device-side assert inside scoring
-    w = ScoringWorker({**cfg, "device": "cuda", "scorer": "gpu_scoring:AssertingScorer"}, deadline_s=600)
-    w.start()
-    w.wait_ready(1800)
+    w, _ = _worker({**cfg, "device": "cuda", "scorer": "gpu_scoring:AssertingScorer"})
     pid0 = w.pid
     bad = tmp / "assert00.png"
     bad.write_bytes(paths[0].read_bytes())
